@@ -1,0 +1,1 @@
+"""SegNet in PyTorch: models, CamVid data, the paper's metrics and training."""
