@@ -1,0 +1,325 @@
+"""A Caffe net as a torch module: layers run in Caffe's order over named blobs.
+
+``CaffeNet`` keeps Caffe's vocabulary: blobs are named, layers read bottoms
+and write tops, and a layer whose top repeats its bottom (SegNet's conv ->
+BN -> ReLU all writing ``conv1``) replaces the blob's value, so after the
+pass a blob holds what Caffe's blob of that name holds. Any blob can be asked
+for by name; blobs nobody asked for are freed as soon as no later layer reads
+them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from caffe_proto import caffe_pb2
+
+from .errors import CaffeFormatError
+from .layers import DATA_LAYER_TYPES, DEFAULT_IMAGE_SIZE, LAYER_TYPES, CaffeLayer, Shape, implied_input_shapes
+from .prototxt import layers_for_phase, net_to_text, phase_value
+from .weights import CaffeWeights
+
+
+@dataclass(frozen=True)
+class Step:
+    """One layer of the plan: which module runs on which blobs."""
+
+    name: str
+    type: str
+    key: str  # attribute name of the module in CaffeNet.layers
+    bottoms: tuple[str, ...]
+    tops: tuple[str, ...]
+
+
+class CaffeNet(nn.Module):
+    """A Caffe network definition built as a torch module for one phase.
+
+    Args:
+        net: the network (``converter.read_net`` output).
+        phase: "TEST" or "TRAIN"; selects layers by their include/exclude
+            rules and sets the module's initial train/eval mode.
+        input_shapes: shapes for net inputs and data-layer tops, overriding
+            what the prototxt implies.
+        image_size: (H, W) for data layers that do not state a size.
+
+    Call it with the input blobs (by name, or positionally in
+    ``input_names`` order); it returns a dict of blobs: the net's outputs, or
+    the blobs named in ``blobs=`` ("all" for every blob).
+    """
+
+    def __init__(
+        self,
+        net: caffe_pb2.NetParameter,
+        phase: str | int = "TEST",
+        input_shapes: Mapping[str, Sequence[int]] | None = None,
+        image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
+    ):
+        super().__init__()
+        self.net_param = net
+        self.phase = caffe_pb2.Phase.Name(phase_value(phase))
+        self.layers = nn.ModuleDict()
+        self.steps: list[Step] = []
+        self.blob_shapes: dict[str, Shape] = {}
+        self.input_shapes: dict[str, Shape] = {}
+        self.loss_weights: dict[str, float] = {}
+        self._data_layers: list[str] = []
+        self._build(dict(input_shapes or {}), image_size)
+        self.train(self.phase == "TRAIN")
+
+    # ------------------------------------------------------------------ building
+
+    def _build(self, overrides: dict[str, Sequence[int]], image_size: tuple[int, int]) -> None:
+        net = self.net_param
+        layers = layers_for_phase(net, self.phase)
+        unknown: dict[str, list[str]] = {}
+        for layer in layers:
+            if layer.type not in LAYER_TYPES and layer.type not in DATA_LAYER_TYPES:
+                unknown.setdefault(layer.type or "<no type>", []).append(layer.name)
+        if unknown:
+            listing = "; ".join(f"{t} (layer {', '.join(names)})" for t, names in unknown.items())
+            raise CaffeFormatError(f"unsupported layer type(s): {listing}")
+
+        known_inputs: dict[str, Shape | None] = {}
+        for i, name in enumerate(net.input):
+            known_inputs[name] = tuple(net.input_shape[i].dim) if net.input_shape else None
+        for layer in layers:
+            if layer.type in DATA_LAYER_TYPES:
+                self._data_layers.append(layer.name)
+                implied = implied_input_shapes(layer, image_size)
+                if layer.type == "DenseImageData" and len(layer.top) > 1 and layer.top[0] in overrides:
+                    n, _, h, w = overrides[layer.top[0]]  # the label follows the image's size
+                    implied[layer.top[1]] = (n, 1, h, w)
+                known_inputs.update(implied)
+        extra = set(overrides) - set(known_inputs)
+        if extra:
+            raise CaffeFormatError(
+                f"input shape given for {sorted(extra)}, but the net's inputs are {sorted(known_inputs)}"
+            )
+        for name, shape in known_inputs.items():
+            shape = tuple(int(d) for d in overrides[name]) if name in overrides else shape
+            self.input_shapes[name] = shape
+            self.blob_shapes[name] = shape
+
+        used_keys: set[str] = set()
+        for layer in layers:
+            if layer.type in DATA_LAYER_TYPES:
+                continue
+            try:
+                self._add_layer(layer, used_keys)
+            except CaffeFormatError as exc:
+                if exc.layer is None:
+                    raise CaffeFormatError(exc.problem, exc.path, layer.name) from None
+                raise
+
+    def _add_layer(self, layer: caffe_pb2.LayerParameter, used_keys: set[str]) -> None:
+        cls = LAYER_TYPES[layer.type]
+        bottoms, tops = tuple(layer.bottom), tuple(layer.top)
+        for label, count, (low, high) in (("bottom", len(bottoms), cls.n_bottoms), ("top", len(tops), cls.n_tops)):
+            if count < low or (high is not None and count > high):
+                want = f"{low}" if low == high else f"{low}..{high if high is not None else 'n'}"
+                raise CaffeFormatError(f"{layer.type} takes {want} {label}(s), got {count}", layer=layer.name)
+        shapes = []
+        for b in bottoms:
+            if b not in self.blob_shapes:
+                raise CaffeFormatError(f"bottom '{b}' is not produced by any earlier layer or input", layer=layer.name)
+            if self.blob_shapes[b] is None:
+                raise CaffeFormatError(
+                    f"the size of input '{b}' is unknown: give it, e.g. --input-shape {b}=N,C,H,W",
+                    layer=layer.name,
+                )
+            shapes.append(self.blob_shapes[b])
+        module: CaffeLayer = cls(layer, shapes, phase_value(self.phase))
+        top_shapes = module.top_shapes(shapes)
+        for top, shape in zip(tops, top_shapes):
+            self.blob_shapes[top] = tuple(shape)
+        weights = list(layer.loss_weight)
+        if weights and len(weights) != len(tops):
+            raise CaffeFormatError(f"{len(weights)} loss_weight values for {len(tops)} tops", layer=layer.name)
+        if not weights and cls.default_loss_weight and tops:
+            weights = [cls.default_loss_weight] + [0.0] * (len(tops) - 1)
+        for top, weight in zip(tops, weights):
+            if weight:
+                self.loss_weights[top] = float(weight)
+        key = _module_key(layer.name, used_keys)
+        self.layers[key] = module
+        self.steps.append(Step(layer.name, layer.type, key, bottoms, tops))
+
+    # ------------------------------------------------------------------ introspection
+
+    @property
+    def input_names(self) -> list[str]:
+        """Inputs some layer reads, in declaration order (what ``forward`` needs)."""
+        read = {b for step in self.steps for b in step.bottoms}
+        return [name for name in self.input_shapes if name in read]
+
+    @property
+    def output_names(self) -> list[str]:
+        """Blobs that no later layer reads: Caffe's net outputs."""
+        outputs: list[str] = []
+        for i, step in enumerate(self.steps):
+            for top in step.tops:
+                later_reads = any(top in s.bottoms for s in self.steps[i + 1 :])
+                if not later_reads and top not in outputs:
+                    outputs.append(top)
+                elif later_reads and top in outputs:
+                    outputs.remove(top)
+        return outputs
+
+    @property
+    def index_blob_names(self) -> set[str]:
+        """Blobs holding indices (pooling masks, ArgMax), which compare exactly."""
+        return {step.tops[i] for step, module in self.named_layers() for i in module.index_tops()}
+
+    def layer(self, name: str) -> CaffeLayer:
+        """The module of the Caffe layer called ``name``."""
+        for step in self.steps:
+            if step.name == name:
+                return self.layers[step.key]
+        raise KeyError(f"no layer named {name!r}")
+
+    def named_layers(self) -> Iterable[tuple[Step, CaffeLayer]]:
+        for step in self.steps:
+            yield step, self.layers[step.key]
+
+    @property
+    def prototxt(self) -> str:
+        """The network definition as prototxt text (no weights)."""
+        return net_to_text(self.net_param)
+
+    def set_mc_dropout(self, enabled: bool) -> None:
+        """Sample dropout masks at test time in layers marked ``sample_weights_test``."""
+        for _, module in self.named_layers():
+            if getattr(module, "sample_weights_test", False):
+                module.mc_dropout = enabled
+
+    # ------------------------------------------------------------------ running
+
+    def forward(self, *args: torch.Tensor, blobs: Iterable[str] | str | None = None, **inputs: torch.Tensor):
+        feed = self._feed(args, inputs)
+        if blobs == "all":
+            keep = set(self.blob_shapes)
+        elif blobs is None:
+            keep = set(self.output_names)
+        else:
+            keep = set(blobs)
+            missing = keep - set(self.blob_shapes)
+            if missing:
+                raise KeyError(f"no blob(s) {sorted(missing)} in this net")
+        last_read = {}
+        for i, step in enumerate(self.steps):
+            for b in step.bottoms:
+                last_read[b] = i
+        env: dict[str, torch.Tensor] = dict(feed)
+        for i, step in enumerate(self.steps):
+            outs = self.layers[step.key](*(env[b] for b in step.bottoms))
+            for top, value in zip(step.tops, outs):
+                env[top] = value
+            for b in step.bottoms:
+                if last_read[b] == i and b not in keep:
+                    env.pop(b, None)
+        return {name: env[name] for name in (self.blob_shapes if blobs == "all" else keep) if name in env}
+
+    def _feed(self, args: Sequence[torch.Tensor], inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        needed = self.input_names
+        if args:
+            if len(args) > len(needed):
+                raise TypeError(f"{len(args)} positional inputs for the net's inputs {needed}")
+            inputs = {**dict(zip(needed, args)), **inputs}
+        unknown = set(inputs) - set(self.input_shapes)
+        if unknown:
+            raise TypeError(f"unknown input(s) {sorted(unknown)}; the net's inputs are {list(self.input_shapes)}")
+        missing = [name for name in needed if name not in inputs]
+        if missing:
+            raise TypeError(f"missing input(s) {missing}")
+        return dict(inputs)
+
+    def total_loss(self, outputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Sum of loss_weight * loss top, as Caffe's objective (TRAIN nets)."""
+        if not self.loss_weights:
+            raise ValueError("this net has no loss layers")
+        return sum(w * outputs[top].sum() for top, w in self.loss_weights.items())
+
+    # ------------------------------------------------------------------ weights
+
+    def init_weights(self, seed: int | None = 0) -> None:
+        """Initialise every parameter with its prototxt filler (Caffe's defaults: constant 0)."""
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        for _, module in self.named_layers():
+            module.fill(generator)
+
+    def load_caffe_weights(
+        self, weights: CaffeWeights, allow_missing: bool = False, allow_unused: bool = False
+    ) -> list[str]:
+        """Copy blobs from a weight file, matching layers by name as Caffe does.
+
+        Errors (one line, naming the file and layer): a blob count or shape
+        that does not fit the prototxt, a layer with weights that the net
+        lacks (unless ``allow_unused``), a net layer with parameters that the
+        file lacks (unless ``allow_missing``). Returns the names of the layers
+        left with their initial values.
+        """
+        by_name = {step.name: module for step, module in self.named_layers()}
+        for entry in weights.with_blobs():
+            module = by_name.get(entry.name)
+            if module is None:
+                if allow_unused:
+                    continue
+                raise CaffeFormatError("has weights but no layer of that name in the net (phase "
+                                       f"{self.phase})", weights.path, entry.name)  # fmt: skip
+            expected = module.blob_shapes()
+            if len(entry.blobs) != len(expected):
+                raise CaffeFormatError(
+                    f"{len(entry.blobs)} blob(s) in the weights, the prototxt's {module.caffe_type} "
+                    f"layer expects {len(expected)} {[list(s) for s in expected]}",
+                    weights.path,
+                    entry.name,
+                )
+            for i, (blob, shape) in enumerate(zip(entry.blobs, expected)):
+                if not _shape_matches(blob.shape, blob.legacy, shape):
+                    raise CaffeFormatError(
+                        f"blob {i} has shape {list(blob.shape)} in the weights but the prototxt implies {list(shape)}",
+                        weights.path,
+                        entry.name,
+                    )
+            module.load_blobs([b.data for b in entry.blobs])
+        missing = [
+            step.name for step, module in self.named_layers() if module.blob_attrs and step.name not in weights
+            or (module.blob_attrs and not weights[step.name].blobs)
+        ]  # fmt: skip
+        if missing and not allow_missing:
+            raise CaffeFormatError(
+                f"no weights for layer(s) {', '.join(missing)} of the prototxt", weights.path
+            )
+        return missing
+
+
+def _shape_matches(blob_shape: tuple[int, ...], legacy: bool, expected: tuple[int, ...]) -> bool:
+    if not legacy:
+        return tuple(blob_shape) == tuple(expected)
+    # Legacy 4-D shapes are compared with the expected shape padded to 4-D with leading ones.
+    if len(expected) > 4:
+        return False
+    return tuple(blob_shape) == (1,) * (4 - len(expected)) + tuple(expected)
+
+
+def _module_key(name: str, used: set[str]) -> str:
+    key = re.sub(r"\W", "_", name) or "layer"
+    if key[0].isdigit():
+        key = "_" + key
+    base, n = key, 1
+    while key in used or hasattr(nn.Module, key):
+        n += 1
+        key = f"{base}_{n}"
+    used.add(key)
+    return key
+
+
+def numpy_blobs(blobs: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """Blobs as Caffe would hold them: float32 arrays (masks and indices as floats too)."""
+    return {k: v.detach().cpu().to(torch.float32).numpy() for k, v in blobs.items()}

@@ -1,0 +1,99 @@
+"""Element-wise layers: ReLU, Sigmoid, TanH, AbsVal, BNLL, Power, Exp, Log, Threshold."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .base import CaffeLayer, register
+
+
+@register("ReLU")
+class ReLU(CaffeLayer):
+    def __init__(self, param, bottom_shapes, phase):
+        super().__init__(param, bottom_shapes, phase)
+        self.negative_slope = param.relu_param.negative_slope
+
+    def forward(self, x):
+        if self.negative_slope:
+            return (F.leaky_relu(x, self.negative_slope),)
+        return (F.relu(x),)
+
+
+@register("Sigmoid")
+class Sigmoid(CaffeLayer):
+    def forward(self, x):
+        return (torch.sigmoid(x),)
+
+
+@register("TanH")
+class TanH(CaffeLayer):
+    def forward(self, x):
+        return (torch.tanh(x),)
+
+
+@register("AbsVal")
+class AbsVal(CaffeLayer):
+    def forward(self, x):
+        return (x.abs(),)
+
+
+@register("BNLL")
+class BNLL(CaffeLayer):
+    def forward(self, x):
+        return (F.softplus(x),)
+
+
+@register("Power")
+class Power(CaffeLayer):
+    """y = (shift + scale * x) ^ power."""
+
+    def __init__(self, param, bottom_shapes, phase):
+        super().__init__(param, bottom_shapes, phase)
+        p = param.power_param
+        self.power, self.scale, self.shift = p.power, p.scale, p.shift
+
+    def forward(self, x):
+        return ((self.shift + self.scale * x).pow(self.power),)
+
+
+@register("Exp")
+class Exp(CaffeLayer):
+    """y = base ^ (shift + scale * x); base -1 means e."""
+
+    def __init__(self, param, bottom_shapes, phase):
+        super().__init__(param, bottom_shapes, phase)
+        p = param.exp_param
+        self.log_base = 1.0 if p.base == -1 else math.log(p.base)
+        self.scale, self.shift = p.scale, p.shift
+
+    def forward(self, x):
+        return (torch.exp(self.log_base * (self.shift + self.scale * x)),)
+
+
+@register("Log")
+class Log(CaffeLayer):
+    """y = log_base(shift + scale * x); base -1 means e."""
+
+    def __init__(self, param, bottom_shapes, phase):
+        super().__init__(param, bottom_shapes, phase)
+        p = param.log_param
+        self.inv_log_base = 1.0 if p.base == -1 else 1.0 / math.log(p.base)
+        self.scale, self.shift = p.scale, p.shift
+
+    def forward(self, x):
+        return (torch.log(self.shift + self.scale * x) * self.inv_log_base,)
+
+
+@register("Threshold")
+class Threshold(CaffeLayer):
+    """y = 1 where x > threshold, else 0."""
+
+    def __init__(self, param, bottom_shapes, phase):
+        super().__init__(param, bottom_shapes, phase)
+        self.threshold = param.threshold_param.threshold
+
+    def forward(self, x):
+        return ((x > self.threshold).to(x.dtype),)

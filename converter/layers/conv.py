@@ -1,0 +1,118 @@
+"""Convolution, Deconvolution and InnerProduct.
+
+Caffe blob layouts: convolution weights (Cout, Cin/group, kh, kw);
+deconvolution weights (Cin, Cout/group, kh, kw); inner product weights
+(Cout, Cin); biases (Cout,). These are also PyTorch's layouts, so the blobs
+map one to one.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..fillers import fill
+from .base import CaffeLayer, Shape, canonical_axis, pair, register
+
+
+def conv_output_size(size: int, kernel: int, stride: int, pad: int, dilation: int = 1) -> int:
+    """Caffe's (and PyTorch's) convolution output size: floor division."""
+    return (size + 2 * pad - (dilation * (kernel - 1) + 1)) // stride + 1
+
+
+def deconv_output_size(size: int, kernel: int, stride: int, pad: int, dilation: int = 1) -> int:
+    return stride * (size - 1) + dilation * (kernel - 1) + 1 - 2 * pad
+
+
+class _ConvBase(CaffeLayer):
+    transposed = False
+
+    def __init__(self, param, bottom_shapes, phase):
+        super().__init__(param, bottom_shapes, phase)
+        p = param.convolution_param
+        if p.axis != 1:
+            raise self.fail("convolution over an axis other than 1 is not supported")
+        if len(bottom_shapes[0]) != 4:
+            raise self.fail(f"expects a 4-D bottom, got shape {list(bottom_shapes[0])}")
+        self.kernel = pair(p, "kernel_size", "kernel_h", "kernel_w", what="kernel size")
+        self.stride = pair(p, "stride", "stride_h", "stride_w", default=1, what="stride")
+        self.pad = pair(p, "pad", "pad_h", "pad_w", default=0, what="pad")
+        dilation = list(p.dilation) or [1]
+        if len(dilation) > 2:
+            raise self.fail(f"only 2-D dilation is supported, got {dilation}")
+        self.dilation = (dilation[0], dilation[-1])
+        self.group = p.group
+        channels = bottom_shapes[0][1]
+        if not p.HasField("num_output") or p.num_output == 0:
+            raise self.fail("num_output is required")
+        self.num_output = p.num_output
+        if channels % self.group or self.num_output % self.group:
+            raise self.fail(f"group {self.group} must divide input channels {channels} and num_output {self.num_output}")
+        if self.transposed:
+            weight_shape = (channels, self.num_output // self.group, *self.kernel)
+        else:
+            weight_shape = (self.num_output, channels // self.group, *self.kernel)
+        self.weight = nn.Parameter(torch.zeros(weight_shape))
+        self.bias = nn.Parameter(torch.zeros(self.num_output)) if p.bias_term else None
+        self.blob_attrs = ("weight", "bias") if p.bias_term else ("weight",)
+        self._fillers = (p.weight_filler, p.bias_filler)
+
+    def fill(self, generator):
+        fill(self.weight, self._fillers[0], generator)
+        if self.bias is not None:
+            fill(self.bias, self._fillers[1], generator)
+
+
+@register("Convolution")
+class Convolution(_ConvBase):
+    def top_shapes(self, bottom_shapes):
+        n, _, h, w = bottom_shapes[0]
+        size = [conv_output_size(s, k, st, p, d) for s, k, st, p, d in
+                zip((h, w), self.kernel, self.stride, self.pad, self.dilation)]  # fmt: skip
+        return [(n, self.num_output, *size)]
+
+    def forward(self, x):
+        return (F.conv2d(x, self.weight, self.bias, self.stride, self.pad, self.dilation, self.group),)
+
+
+@register("Deconvolution")
+class Deconvolution(_ConvBase):
+    transposed = True
+
+    def top_shapes(self, bottom_shapes):
+        n, _, h, w = bottom_shapes[0]
+        size = [deconv_output_size(s, k, st, p, d) for s, k, st, p, d in
+                zip((h, w), self.kernel, self.stride, self.pad, self.dilation)]  # fmt: skip
+        return [(n, self.num_output, *size)]
+
+    def forward(self, x):
+        return (F.conv_transpose2d(x, self.weight, self.bias, self.stride, self.pad, 0, self.group, self.dilation),)
+
+
+@register("InnerProduct")
+class InnerProduct(CaffeLayer):
+    def __init__(self, param, bottom_shapes, phase):
+        super().__init__(param, bottom_shapes, phase)
+        p = param.inner_product_param
+        shape = bottom_shapes[0]
+        self.axis = canonical_axis(p.axis, len(shape), self.caffe_name)
+        fan_in = 1
+        for d in shape[self.axis :]:
+            fan_in *= d
+        self.num_output = p.num_output
+        self.weight = nn.Parameter(torch.zeros(p.num_output, fan_in))
+        self.bias = nn.Parameter(torch.zeros(p.num_output)) if p.bias_term else None
+        self.blob_attrs = ("weight", "bias") if p.bias_term else ("weight",)
+        self._fillers = (p.weight_filler, p.bias_filler)
+
+    def top_shapes(self, bottom_shapes: list[Shape]):
+        return [(*bottom_shapes[0][: self.axis], self.num_output)]
+
+    def fill(self, generator):
+        fill(self.weight, self._fillers[0], generator)
+        if self.bias is not None:
+            fill(self.bias, self._fillers[1], generator)
+
+    def forward(self, x):
+        return (F.linear(x.flatten(self.axis), self.weight, self.bias),)

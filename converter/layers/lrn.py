@@ -1,0 +1,56 @@
+"""Local response normalisation, as caffe-segnet computes it.
+
+ACROSS_CHANNELS  y = x * (k + alpha/n * sum of x^2 over n neighbouring
+                 channels)^-beta, channels outside the blob counting as zero.
+WITHIN_CHANNEL   y = x * (1 + alpha/n^2 * sum of x^2 over an n x n window)^-beta,
+                 zero padded by (n-1)/2. caffe-segnet builds this from an
+                 average pooling whose divisor is always n^2, and ignores k.
+SegNet-Basic uses ACROSS_CHANNELS on the raw 0..255 image as its input
+normalisation.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from caffe_proto import caffe_pb2
+
+from .base import CaffeLayer, register
+
+
+def lrn_across_channels(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
+    half = (size - 1) // 2
+    channels = x.shape[1]
+    padded = F.pad(x.square(), (0, 0, 0, 0, half, half))  # zero channels beyond both ends
+    window_sum = padded[:, 0:channels]
+    for offset in range(1, size):
+        window_sum = window_sum + padded[:, offset : offset + channels]
+    return x * (k + (alpha / size) * window_sum).pow(-beta)
+
+
+def lrn_within_channel(x: torch.Tensor, size: int, alpha: float, beta: float) -> torch.Tensor:
+    half = (size - 1) // 2
+    mean_sq = F.avg_pool2d(x.square(), size, stride=1, padding=half, count_include_pad=True)
+    return x * (1 + alpha * mean_sq).pow(-beta)
+
+
+@register("LRN")
+class LRN(CaffeLayer):
+    def __init__(self, param, bottom_shapes, phase):
+        super().__init__(param, bottom_shapes, phase)
+        p = param.lrn_param
+        if p.local_size % 2 != 1:
+            raise self.fail(f"local_size must be odd, got {p.local_size}")
+        if len(bottom_shapes[0]) != 4:
+            raise self.fail(f"expects a 4-D bottom, got shape {list(bottom_shapes[0])}")
+        self.size, self.alpha, self.beta, self.k = p.local_size, p.alpha, p.beta, p.k
+        self.region = caffe_pb2.LRNParameter.NormRegion.Name(p.norm_region)
+
+    def forward(self, x):
+        if self.region == "ACROSS_CHANNELS":
+            return (lrn_across_channels(x, self.size, self.alpha, self.beta, self.k),)
+        return (lrn_within_channel(x, self.size, self.alpha, self.beta),)
+
+    def extra_repr(self):
+        return f"{super().extra_repr()} {self.region} size={self.size} alpha={self.alpha} beta={self.beta} k={self.k}"

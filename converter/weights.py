@@ -1,0 +1,337 @@
+"""Reading trained weights: binary caffemodels (current and V1 layout, plain or
+gzip-compressed) and Caffe's HDF5 weight files.
+
+A caffemodel is a serialized ``NetParameter`` whose layers carry their
+parameter blobs. Turning a protobuf ``repeated float`` of tens of millions of
+values into numpy through the protobuf runtime costs seconds, so the blobs are
+found by walking the protobuf wire format directly and their packed float
+payloads are viewed in place with ``numpy.frombuffer``. Everything else in a
+layer (name, type) is small and parsed by the regular message classes.
+
+Weights are matched to layers by name only, as Caffe does; the layer type is
+kept for messages but never required (caffe-segnet's V1 files store their BN
+and Upsample entries without one).
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from google.protobuf.message import DecodeError
+
+from caffe_proto import caffe_pb2
+
+from .errors import CaffeFormatError
+
+GZIP_MAGIC = b"\x1f\x8b"
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+# Field numbers (caffe.proto).
+_NET_LAYER, _NET_LAYERS_V1 = 100, 2
+_LAYER_BLOBS, _V1_LAYER_BLOBS = 7, 6
+_BLOB_NUM, _BLOB_CHANNELS, _BLOB_HEIGHT, _BLOB_WIDTH = 1, 2, 3, 4
+_BLOB_DATA, _BLOB_DIFF, _BLOB_SHAPE, _BLOB_DOUBLE_DATA, _BLOB_DOUBLE_DIFF = 5, 6, 7, 8, 9
+
+_WIRE_VARINT, _WIRE_64BIT, _WIRE_LEN, _WIRE_32BIT = 0, 1, 2, 5
+
+
+@dataclass
+class Blob:
+    """One parameter blob: its values and the shape the file gives.
+
+    ``legacy`` is true when the file gave the old num/channels/height/width
+    fields instead of a ``shape``; Caffe then compares shapes padded to 4-D.
+    """
+
+    data: np.ndarray
+    shape: tuple[int, ...]
+    legacy: bool = False
+
+
+@dataclass
+class LayerWeights:
+    name: str
+    type: str | None
+    blobs: list[Blob] = field(default_factory=list)
+
+
+@dataclass
+class CaffeWeights:
+    """The blobs of a weight file, by layer name, in file order."""
+
+    path: str
+    layers: dict[str, LayerWeights]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.layers
+
+    def __getitem__(self, name: str) -> LayerWeights:
+        return self.layers[name]
+
+    def with_blobs(self) -> list[LayerWeights]:
+        return [layer for layer in self.layers.values() if layer.blobs]
+
+
+def read_weights(path: str | Path) -> CaffeWeights:
+    """Read a ``.caffemodel``, ``.caffemodel.gz`` or ``.caffemodel.h5`` file.
+
+    The format is told by the file's first bytes, not by its name.
+    Raises CaffeFormatError (one line naming the file and the problem).
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise CaffeFormatError(f"cannot read weights: {exc.strerror or exc}", path) from None
+    if raw.startswith(HDF5_MAGIC):
+        return _read_hdf5(path)
+    if raw.startswith(GZIP_MAGIC):
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise CaffeFormatError(f"corrupt or truncated gzip data ({exc})", path) from None
+    if not raw:
+        raise CaffeFormatError("empty weight file", path)
+    if _looks_like_text(raw):
+        raise CaffeFormatError(
+            "this is a text file (a .prototxt?), not a binary caffemodel", path
+        )
+    return CaffeWeights(str(path), _parse_net_binary(memoryview(raw), path))
+
+
+def _looks_like_text(raw: bytes) -> bool:
+    head = raw[:256]
+    try:
+        text = head.decode("ascii")
+    except UnicodeDecodeError:
+        return False
+    return all(ch.isprintable() or ch in "\r\n\t" for ch in text)
+
+
+# --------------------------------------------------------------------- wire format
+
+
+class _Truncated(Exception):
+    pass
+
+
+def _varint(buf: memoryview, pos: int, end: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= end:
+            raise _Truncated
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise DecodeError("varint longer than 10 bytes")
+
+
+def _fields(buf: memoryview, start: int, end: int):
+    """Yield (field number, wire type, value or (start, end) span) over a message."""
+    pos = start
+    while pos < end:
+        key, pos = _varint(buf, pos, end)
+        number, wire = key >> 3, key & 7
+        if number == 0:
+            raise DecodeError("field number 0")
+        if wire == _WIRE_VARINT:
+            value, pos = _varint(buf, pos, end)
+            yield number, wire, value
+        elif wire == _WIRE_LEN:
+            length, pos = _varint(buf, pos, end)
+            if pos + length > end:
+                raise _Truncated
+            yield number, wire, (pos, pos + length)
+            pos += length
+        elif wire == _WIRE_32BIT:
+            if pos + 4 > end:
+                raise _Truncated
+            yield number, wire, (pos, pos + 4)
+            pos += 4
+        elif wire == _WIRE_64BIT:
+            if pos + 8 > end:
+                raise _Truncated
+            yield number, wire, (pos, pos + 8)
+            pos += 8
+        else:
+            raise DecodeError(f"unsupported wire type {wire}")
+
+
+def _parse_net_binary(buf: memoryview, path: Path) -> dict[str, LayerWeights]:
+    layers: dict[str, LayerWeights] = {}
+    index = 0
+    try:
+        for number, wire, value in _fields(buf, 0, len(buf)):
+            if number in (_NET_LAYER, _NET_LAYERS_V1) and wire == _WIRE_LEN:
+                v1 = number == _NET_LAYERS_V1
+                layer = _parse_layer(buf, *value, v1=v1, path=path, index=index)
+                index += 1
+                if layer.name in layers and layer.blobs and layers[layer.name].blobs:
+                    raise CaffeFormatError("layer name appears twice in the weights", path, layer.name)
+                if layer.name not in layers or layer.blobs:
+                    layers[layer.name] = layer
+    except _Truncated:
+        raise CaffeFormatError(
+            "truncated caffemodel (the file ends inside a message)", path
+        ) from None
+    except DecodeError as exc:
+        raise CaffeFormatError(f"corrupt caffemodel ({exc})", path) from None
+    if index == 0:
+        raise CaffeFormatError("no layers found: not a caffemodel, or an empty net", path)
+    return layers
+
+
+def _parse_layer(buf: memoryview, start: int, end: int, v1: bool, path: Path, index: int) -> LayerWeights:
+    blob_field = _V1_LAYER_BLOBS if v1 else _LAYER_BLOBS
+    rest = bytearray()  # the layer without its blobs, for the message parser
+    blob_spans = []
+    for number, wire, value in _fields(buf, start, end):
+        if number == blob_field and wire == _WIRE_LEN:
+            blob_spans.append(value)
+        else:
+            rest += _reencode(buf, number, wire, value)
+    message = caffe_pb2.V1LayerParameter() if v1 else caffe_pb2.LayerParameter()
+    try:
+        message.ParseFromString(bytes(rest))
+    except DecodeError as exc:
+        raise CaffeFormatError(f"corrupt layer #{index} ({exc})", path) from None
+    name = message.name
+    if v1:
+        type_name = caffe_pb2.V1LayerParameter.LayerType.Name(message.type) if message.HasField("type") else None
+    else:
+        type_name = message.type or None
+    blobs = [_parse_blob(buf, s, e, path, name, i) for i, (s, e) in enumerate(blob_spans)]
+    return LayerWeights(name, type_name, blobs)
+
+
+def _reencode(buf: memoryview, number: int, wire: int, value) -> bytes:
+    out = bytearray(_encode_varint((number << 3) | wire))
+    if wire == _WIRE_VARINT:
+        out += _encode_varint(value)
+    elif wire == _WIRE_LEN:
+        s, e = value
+        out += _encode_varint(e - s)
+        out += buf[s:e]
+    else:
+        s, e = value
+        out += buf[s:e]
+    return bytes(out)
+
+
+def _encode_varint(value: int) -> bytes:
+    value &= (1 << 64) - 1
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _parse_blob(buf: memoryview, start: int, end: int, path: Path, layer: str, index: int) -> Blob:
+    legacy = [0, 0, 0, 0]
+    has_legacy = False
+    shape: list[int] | None = None
+    chunks: list[np.ndarray] = []
+    double_chunks: list[np.ndarray] = []
+    for number, wire, value in _fields(buf, start, end):
+        if number in (_BLOB_NUM, _BLOB_CHANNELS, _BLOB_HEIGHT, _BLOB_WIDTH) and wire == _WIRE_VARINT:
+            legacy[number - 1] = _as_int32(value)
+            has_legacy = True
+        elif number == _BLOB_SHAPE and wire == _WIRE_LEN:
+            shape = _parse_shape(buf, *value)
+        elif number == _BLOB_DATA:
+            chunks.append(_floats(buf, wire, value, "<f4"))
+        elif number == _BLOB_DOUBLE_DATA:
+            double_chunks.append(_floats(buf, wire, value, "<f8"))
+        # diff, double_diff and unknown fields are not needed for inference.
+    if chunks and double_chunks:
+        raise CaffeFormatError(f"blob {index} has both float and double data", path, layer)
+    if double_chunks:
+        data = np.concatenate(double_chunks).astype(np.float32)
+    elif len(chunks) == 1:
+        data = chunks[0]
+    else:
+        data = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+    if shape is not None:
+        dims, is_legacy = tuple(shape), False
+    elif has_legacy:
+        dims, is_legacy = tuple(legacy), True
+    else:
+        dims, is_legacy = (data.size,), False
+    count = int(np.prod(dims, dtype=np.int64)) if dims else 1
+    if count != data.size:
+        raise CaffeFormatError(
+            f"blob {index} declares shape {list(dims)} ({count} values) but holds {data.size} values",
+            path,
+            layer,
+        )
+    return Blob(data, dims, is_legacy)
+
+
+def _as_int32(value: int) -> int:
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
+def _parse_shape(buf: memoryview, start: int, end: int) -> list[int]:
+    dims: list[int] = []
+    for number, wire, value in _fields(buf, start, end):
+        if number != 1:
+            continue
+        if wire == _WIRE_LEN:  # packed
+            pos, stop = value
+            while pos < stop:
+                dim, pos = _varint(buf, pos, stop)
+                dims.append(dim)
+        elif wire == _WIRE_VARINT:
+            dims.append(value)
+    return [d - (1 << 64) if d >= 1 << 63 else d for d in dims]
+
+
+def _floats(buf: memoryview, wire: int, span: tuple[int, int], dtype: str) -> np.ndarray:
+    start, end = span
+    width = np.dtype(dtype).itemsize
+    if wire not in (_WIRE_LEN, _WIRE_32BIT if width == 4 else _WIRE_64BIT):
+        raise DecodeError("blob data with an unexpected wire type")
+    if (end - start) % width:
+        raise DecodeError("packed blob data of a length that is not a whole number of values")
+    return np.frombuffer(buf[start:end], dtype=dtype)
+
+
+# --------------------------------------------------------------------- HDF5
+
+
+def _read_hdf5(path: Path) -> CaffeWeights:
+    import h5py
+
+    layers: dict[str, LayerWeights] = {}
+    try:
+        with h5py.File(path, "r") as f:
+            if "data" not in f:
+                raise CaffeFormatError("HDF5 weights need a top-level 'data' group (data/<layer>/<i>)", path)
+            for name, group in f["data"].items():
+                if not isinstance(group, h5py.Group):
+                    raise CaffeFormatError(f"'data/{name}' is not a group of blobs", path, name)
+                keys = sorted(group.keys(), key=lambda k: int(k) if k.isdigit() else -1)
+                if [k for k in keys] != [str(i) for i in range(len(keys))]:
+                    raise CaffeFormatError(f"blobs must be named 0..n-1, found {keys}", path, name)
+                blobs = []
+                for key in keys:
+                    array = np.asarray(group[key][()], dtype=np.float32)
+                    blobs.append(Blob(array.reshape(-1), tuple(array.shape)))
+                layers[name] = LayerWeights(name, None, blobs)
+    except OSError as exc:
+        raise CaffeFormatError(f"unreadable HDF5 weights ({exc})", path) from None
+    return CaffeWeights(str(path), layers)
