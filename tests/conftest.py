@@ -41,3 +41,24 @@ def camvid_dir() -> Path:
 @pytest.fixture(scope="session")
 def prototxt_dir() -> Path:
     return _need(SHARED / "prototxt", "SegNet-Tutorial prototxt files")
+
+
+# ---------------------------------------------------------------- fidelity report
+#
+# Oracle tests record their worst error per case here; the table is printed
+# at the end of the run so the log shows how close we are, not only pass/fail.
+
+FIDELITY: dict[str, str] = {}
+
+
+@pytest.fixture
+def fidelity_report():
+    return FIDELITY
+
+
+def pytest_terminal_summary(terminalreporter):
+    if FIDELITY:
+        terminalreporter.section("fidelity against caffe-segnet (worst error per case)")
+        width = max(len(k) for k in FIDELITY)
+        for case, line in sorted(FIDELITY.items()):
+            terminalreporter.write_line(f"{case:<{width}}  {line}")
