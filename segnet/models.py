@@ -1,0 +1,234 @@
+"""The SegNet family as readable PyTorch models.
+
+SegNet (VGG-16 encoder of 13 convolutions, mirrored 13-layer decoder) and
+SegNet-Basic (4 encoders and 4 decoders of 64 7x7 filters, LRN on the input,
+BN without ReLU in the decoder, 1x1 classifier), each optionally Bayesian
+(dropout where SegNet-Tutorial's Bayesian prototxts put it). Every decoder
+stage unpools with the indices of its encoder's max pooling, to the size that
+pooling started from, as caffe-segnet's Upsample layer does.
+
+Modules carry the Caffe layer names of SegNet-Tutorial's prototxt files
+(``conv1_1``, ``conv1_1_bn``, ..., ``conv1_1_D``; ``conv1``, ...,
+``conv_decode1``, ``conv_classifier``), so converted Caffe weights load by
+name (``segnet.weights.load_caffe_weights``) and models export back to
+caffe-segnet files (``segnet.export``).
+
+    model = segnet_basic(num_classes=11)          # new, He-initialised, torch BatchNorm
+    logits = model(images)                        # N x 11 x H x W
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from .nn import LRN, BNKind, MaxPoolIndices, Unpool, make_bn
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What distinguishes the members of the family."""
+
+    name: str
+    #: output channels of each convolution, per encoder stage
+    encoder: tuple[tuple[int, ...], ...]
+    #: output channels of each decoder convolution, per stage, deepest stage first;
+    #: the classifier (num_classes outputs) is added after the last one
+    decoder: tuple[tuple[int, ...], ...]
+    kernel: int
+    classifier_kernel: int
+    decoder_relu: bool
+    input_lrn: bool
+    #: encoder stages (1-based) with dropout after their pooling, decoder stages with dropout after them
+    encoder_dropout: tuple[int, ...] = ()
+    decoder_dropout: tuple[int, ...] = ()
+    #: "vgg" (conv1_1 ... conv1_1_D) or "basic" (conv1 ... conv_decode1, conv_classifier)
+    naming: str = "vgg"
+
+
+SEGNET = Architecture(
+    "SegNet",
+    encoder=((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512)),
+    decoder=((512, 512, 512), (512, 512, 256), (256, 256, 128), (128, 64), (64,)),
+    kernel=3, classifier_kernel=3, decoder_relu=True, input_lrn=False,
+)  # fmt: skip
+SEGNET_BASIC = Architecture(
+    "SegNet-Basic",
+    encoder=((64,), (64,), (64,), (64,)),
+    decoder=((64,), (64,), (64,), (64,)),
+    kernel=7, classifier_kernel=1, decoder_relu=False, input_lrn=True, naming="basic",
+)  # fmt: skip
+BAYESIAN_SEGNET = Architecture(
+    **{**SEGNET.__dict__, "name": "Bayesian SegNet", "encoder_dropout": (3, 4, 5), "decoder_dropout": (5, 4, 3)}
+)
+BAYESIAN_SEGNET_BASIC = Architecture(
+    **{**SEGNET_BASIC.__dict__, "name": "Bayesian SegNet-Basic", "encoder_dropout": (3, 4), "decoder_dropout": (4, 3)}
+)
+
+DROPOUT_RATIO = 0.5
+
+
+class SegNet(nn.Module):
+    """An encoder-decoder of the SegNet family (see ``Architecture``); returns class scores."""
+
+    def __init__(
+        self,
+        arch: Architecture = SEGNET,
+        num_classes: int = 11,
+        in_channels: int = 3,
+        bn: BNKind = "pytorch",
+    ):
+        super().__init__()
+        self.arch, self.num_classes = arch, num_classes
+        self.norm = LRN(5, 1e-4, 0.75) if arch.input_lrn else None
+        self.pool = MaxPoolIndices(2, 2)
+        self.unpool = Unpool()
+        channels = in_channels
+        for stage, widths in enumerate(arch.encoder, start=1):
+            for j, width in enumerate(widths, start=1):
+                self._conv_unit(self.encoder_name(stage, j), channels, width, bn, relu=True)
+                channels = width
+            if stage in arch.encoder_dropout:
+                self.add_module(f"encdrop{stage}", nn.Dropout(DROPOUT_RATIO))
+        for depth, widths in enumerate(arch.decoder):
+            stage = len(arch.decoder) - depth
+            for j, width in enumerate(widths):
+                self._conv_unit(self.decoder_name(stage, j), channels, width, bn, relu=arch.decoder_relu)
+                channels = width
+            if stage in arch.decoder_dropout:
+                self.add_module(f"decdrop{stage}", nn.Dropout(DROPOUT_RATIO))
+        k = arch.classifier_kernel
+        self.add_module(self.classifier_name, nn.Conv2d(channels, num_classes, k, padding=k // 2))
+        self.reset_parameters()
+
+    # -- names ------------------------------------------------------------------
+
+    def encoder_name(self, stage: int, j: int) -> str:
+        return f"conv{stage}" if self.arch.naming == "basic" else f"conv{stage}_{j}"
+
+    def decoder_name(self, stage: int, j: int) -> str:
+        if self.arch.naming == "basic":
+            return f"conv_decode{stage}"
+        n = len(self.arch.encoder[stage - 1])  # decoder convs count down: conv5_3_D, conv5_2_D, ...
+        return f"conv{stage}_{n - j}_D"
+
+    @property
+    def classifier_name(self) -> str:
+        return "conv_classifier" if self.arch.naming == "basic" else "conv1_1_D"
+
+    def _conv_unit(self, name: str, cin: int, cout: int, bn: BNKind, relu: bool) -> None:
+        self.add_module(name, nn.Conv2d(cin, cout, self.arch.kernel, padding=self.arch.kernel // 2))
+        self.add_module(f"{name}_bn", make_bn(cout, bn))
+        if relu:
+            self.add_module(f"{name}_relu", nn.ReLU(inplace=True))
+
+    def conv_units(self) -> Iterator[tuple[str, bool]]:
+        """(convolution name, followed by ReLU) in forward order, classifier excluded."""
+        for stage, widths in enumerate(self.arch.encoder, start=1):
+            for j in range(1, len(widths) + 1):
+                yield self.encoder_name(stage, j), True
+        for depth, widths in enumerate(self.arch.decoder):
+            for j in range(len(widths)):
+                yield self.decoder_name(len(self.arch.decoder) - depth, j), self.arch.decoder_relu
+
+    # -- running ----------------------------------------------------------------
+
+    def _unit(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        x = getattr(self, f"{name}_bn")(getattr(self, name)(x))
+        relu = getattr(self, f"{name}_relu", None)
+        return relu(x) if relu is not None else x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.norm is not None:
+            x = self.norm(x)
+        indices, sizes = [], []
+        for stage, widths in enumerate(self.arch.encoder, start=1):
+            for j in range(1, len(widths) + 1):
+                x = self._unit(self.encoder_name(stage, j), x)
+            sizes.append(x.shape[-2:])
+            x, idx = self.pool(x)
+            indices.append(idx)
+            if stage in self.arch.encoder_dropout:
+                x = getattr(self, f"encdrop{stage}")(x)
+        for depth, widths in enumerate(self.arch.decoder):
+            stage = len(self.arch.decoder) - depth
+            x = self.unpool(x, indices.pop(), sizes.pop())
+            for j in range(len(widths)):
+                x = self._unit(self.decoder_name(stage, j), x)
+            if stage in self.arch.decoder_dropout:
+                x = getattr(self, f"decdrop{stage}")(x)
+        return getattr(self, self.classifier_name)(x)
+
+    def reset_parameters(self) -> None:
+        """He (msra) initialisation of the convolutions, zero biases, unit BN: the paper's recipe."""
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+                nn.init.zeros_(module.bias)
+
+
+def segnet(num_classes: int = 11, bn: BNKind = "pytorch", in_channels: int = 3) -> SegNet:
+    """SegNet: VGG-16 encoder, mirrored decoder, 3x3 classifier."""
+    return SegNet(SEGNET, num_classes, in_channels, bn)
+
+
+def segnet_basic(num_classes: int = 11, bn: BNKind = "pytorch", in_channels: int = 3) -> SegNet:
+    """SegNet-Basic: 4 x (7x7, 64) encoders and decoders, LRN input, 1x1 classifier."""
+    return SegNet(SEGNET_BASIC, num_classes, in_channels, bn)
+
+
+def bayesian_segnet(num_classes: int = 11, bn: BNKind = "pytorch", in_channels: int = 3) -> SegNet:
+    """SegNet with dropout after encoders 3-5 and decoders 5-3 (Bayesian SegNet)."""
+    return SegNet(BAYESIAN_SEGNET, num_classes, in_channels, bn)
+
+
+def bayesian_segnet_basic(num_classes: int = 11, bn: BNKind = "pytorch", in_channels: int = 3) -> SegNet:
+    """SegNet-Basic with dropout after encoders 3-4 and decoders 4-3 (Bayesian SegNet-Basic)."""
+    return SegNet(BAYESIAN_SEGNET_BASIC, num_classes, in_channels, bn)
+
+
+@torch.no_grad()
+def mc_dropout_predict(model: nn.Module, images: torch.Tensor, samples: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    """Monte-Carlo dropout inference (Bayesian SegNet).
+
+    Runs ``samples`` forward passes with dropout active and everything else in
+    evaluation mode. Returns the mean class probabilities (N x C x H x W) and
+    the uncertainty map (N x H x W): the variance of the class probabilities
+    over the samples, averaged over classes, as Bayesian SegNet reports it.
+    """
+    if samples < 1:
+        raise ValueError("samples must be at least 1")
+    was_training = model.training
+    model.eval()
+    dropouts = [m for m in model.modules() if isinstance(m, nn.Dropout)]
+    if not dropouts:
+        raise ValueError("the model has no dropout layers: Monte-Carlo sampling needs a Bayesian model")
+    for m in dropouts:
+        m.train()
+    try:
+        total = total_sq = None
+        for _ in range(samples):
+            prob = torch.softmax(model(images), dim=1)
+            total = prob if total is None else total + prob
+            total_sq = prob.square() if total_sq is None else total_sq + prob.square()
+        mean = total / samples
+        variance = (total_sq / samples - mean.square()).clamp(min=0)
+        return mean, variance.mean(dim=1)
+    finally:
+        model.train(was_training)
+
+
+MODELS = {
+    "segnet": segnet,
+    "segnet-basic": segnet_basic,
+    "bayesian-segnet": bayesian_segnet,
+    "bayesian-segnet-basic": bayesian_segnet_basic,
+}
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Trainable parameters (BN running statistics are buffers and not counted)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
