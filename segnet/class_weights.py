@@ -5,7 +5,7 @@ Three balancings:
 * ``prototxt`` (default): the weights in the released SegNet training
   prototxts, which the released models were trained with.
 * ``median``: median frequency balancing recomputed from the labels on disk
-  (see :func:`segnet.data.median_frequency_weights`). On the train split as
+  (see :func:`segnet.camvid.median_frequency_weights`). On the train split as
   SegNet ships it this does not give the prototxt's numbers back (SignSymbol
   comes out near 3.85 instead of 9.64), so the two are kept apart.
 * ``natural``: no balancing, every weight 1.
@@ -22,8 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from segnet.camvid import CLASS_NAMES, NUM_CLASSES, PROTOTXT_CLASS_WEIGHTS
-from segnet.data import (
+from segnet.camvid import (
+    CLASS_NAMES,
+    NUM_CLASSES,
+    PROTOTXT_CLASS_WEIGHTS,
     CamVidError,
     ClassStats,
     median_frequency_weights,

@@ -10,21 +10,22 @@ import torch
 from PIL import Image
 
 from segnet import class_weights
-from segnet.camvid import PALETTE, PROTOTXT_CLASS_WEIGHTS, colorize
-from segnet.data import (
-    CamVidDataset,
+from segnet.camvid import (
+    PALETTE,
+    PROTOTXT_CLASS_WEIGHTS,
     CamVidError,
     class_statistics,
+    colorize,
     list_samples,
     load_image,
     load_label,
     load_sample_u8,
-    local_contrast_normalize,
     median_frequency_weights,
     read_list_file,
     resize_bilinear,
     resize_nearest,
 )
+from segnet.data import CamVidDataset, local_contrast_normalize
 
 # ---------------------------------------------------------------- oracle data
 
