@@ -267,25 +267,19 @@ def main(argv: list[str] | None = None) -> int:
         summary = evaluate(
             predictions, dataset, out=args.out, workers=args.workers, progress=not args.no_progress
         )
-    except (CamVidError, EvaluationError) as exc:
+        what = source.get("model") or source.get("predictions")
+        print(format_report(summary, f"CamVid {args.split}, {summary['images']} images, {what}", paper))
+        if args.out:
+            report = {"data": str(args.data), "split": args.split, **source, "bf_tolerance": BF_TOLERANCE}
+            report.update(summary)
+            if paper is not None:
+                report["paper"] = {"row": paper.name, "source": SOURCE, **paper.values()}
+            path = Path(args.out) / "report.json"
+            path.write_text(json.dumps(report, indent=1) + "\n")
+            print(f"\nwrote {path}")
+    except (CamVidError, EvaluationError, OSError) as exc:  # OSError: an unwritable --out
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    what = source.get("model") or source.get("predictions")
-    title = f"CamVid {args.split}, {summary['images']} images, {what}"
-    print(format_report(summary, title, paper))
-    if args.out:
-        report = {
-            "data": str(args.data),
-            "split": args.split,
-            **source,
-            "bf_tolerance": BF_TOLERANCE,
-            **summary,
-        }
-        if paper is not None:
-            report["paper"] = {"row": paper.name, "source": SOURCE, **paper.values()}
-        path = Path(args.out) / "report.json"
-        path.write_text(json.dumps(report, indent=1) + "\n")
-        print(f"\nwrote {path}")
     return 0
 
 
