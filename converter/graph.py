@@ -69,6 +69,7 @@ class CaffeNet(nn.Module):
         self.input_shapes: dict[str, Shape] = {}
         self.loss_weights: dict[str, float] = {}
         self._data_layers: list[str] = []
+        self._plans: dict[frozenset[str], tuple[list[Step], list[str]]] = {}
         self._build(dict(input_shapes or {}), image_size)
         self.train(self.phase == "TRAIN")
 
@@ -201,32 +202,49 @@ class CaffeNet(nn.Module):
     # ------------------------------------------------------------------ running
 
     def forward(self, *args: torch.Tensor, blobs: Iterable[str] | str | None = None, **inputs: torch.Tensor):
-        feed = self._feed(args, inputs)
         if blobs == "all":
-            keep = set(self.blob_shapes)
+            keep = frozenset(self.blob_shapes)
         elif blobs is None:
-            keep = set(self.output_names)
+            keep = frozenset(self.output_names)
         else:
-            keep = set(blobs)
+            keep = frozenset([blobs] if isinstance(blobs, str) else blobs)
             missing = keep - set(self.blob_shapes)
             if missing:
                 raise KeyError(f"no blob(s) {sorted(missing)} in this net")
+        steps, needed_inputs = self._plan(keep)
+        feed = self._feed(args, inputs, needed_inputs)
         last_read = {}
-        for i, step in enumerate(self.steps):
+        for i, step in enumerate(steps):
             for b in step.bottoms:
                 last_read[b] = i
         env: dict[str, torch.Tensor] = dict(feed)
-        for i, step in enumerate(self.steps):
+        for i, step in enumerate(steps):
             outs = self.layers[step.key](*(env[b] for b in step.bottoms))
             for top, value in zip(step.tops, outs):
                 env[top] = value
             for b in step.bottoms:
                 if last_read[b] == i and b not in keep:
                     env.pop(b, None)
-        return {name: env[name] for name in (self.blob_shapes if blobs == "all" else keep) if name in env}
+        order = self.blob_shapes if blobs == "all" else keep
+        return {name: env[name] for name in order if name in env}
 
-    def _feed(self, args: Sequence[torch.Tensor], inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        needed = self.input_names
+    def _plan(self, keep: frozenset[str]) -> tuple[list[Step], list[str]]:
+        """The layers needed to produce ``keep`` (others, e.g. an unused loss, are skipped) and the inputs they read."""
+        cached = self._plans.get(keep)
+        if cached is None:
+            needed, chosen = set(keep), []
+            for step in reversed(self.steps):
+                if needed & set(step.tops):
+                    needed -= set(step.tops)
+                    needed |= set(step.bottoms)
+                    chosen.append(step)
+            inputs = [name for name in self.input_shapes if name in needed]
+            cached = self._plans[keep] = (chosen[::-1], inputs)
+        return cached
+
+    def _feed(
+        self, args: Sequence[torch.Tensor], inputs: Mapping[str, torch.Tensor], needed: list[str]
+    ) -> dict[str, torch.Tensor]:
         if args:
             if len(args) > len(needed):
                 raise TypeError(f"{len(args)} positional inputs for the net's inputs {needed}")

@@ -82,15 +82,11 @@ def labels_from_output(output: Any, num_classes: int = NUM_CLASSES) -> torch.Ten
 
 
 def load_model(path: str | Path) -> torch.nn.Module:
-    """A converted SegNet model, through the project's converter package."""
+    """A converted Caffe net (``python -m converter``) or a trained segnet checkpoint."""
+    from segnet.checkpoint import load_model as load_checkpoint
+
     try:
-        import converter
-    except ImportError as exc:
-        raise EvaluationError(f"--model needs the 'converter' package, which failed to import: {exc}") from None
-    if not hasattr(converter, "load"):
-        raise EvaluationError("--model needs converter.load(path), which this converter package lacks")
-    try:
-        return converter.load(path)
+        return load_checkpoint(path)
     except Exception as exc:  # any loading failure becomes one line
         raise EvaluationError(f"cannot load model {path}: {_one_line(exc)}") from None
 
@@ -227,7 +223,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", required=True, help="CamVid root folder")
     parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help="converted model file (loaded with converter.load)")
+    source.add_argument("--model", help="a converted Caffe net (python -m converter) or a trained segnet checkpoint")
     source.add_argument("--predictions", help="folder of prediction PNGs named like the labels")
     parser.add_argument("--out", help="folder for prediction PNGs, colour PNGs and report.json")
     parser.add_argument("--limit", type=int, help="evaluate only the first N images")

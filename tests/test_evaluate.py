@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -152,9 +150,7 @@ def test_command_with_predictions(tiny_camvid: Path, tmp_path: Path, capsys) -> 
 
 
 def test_command_with_model(tiny_camvid: Path, capsys, monkeypatch) -> None:
-    fake = types.ModuleType("converter")
-    fake.load = lambda path: BlueDecoder()
-    monkeypatch.setitem(sys.modules, "converter", fake)
+    monkeypatch.setattr("segnet.checkpoint.load_model", lambda path: BlueDecoder())
     code, out, err = _run(capsys, "--data", str(tiny_camvid), "--model", "net.pt", "--batch-size", "3", "--limit", "2")
     assert code == 0, err
     assert "2 images, net.pt" in out
@@ -193,17 +189,14 @@ def test_command_missing_or_bad_prediction_png(tiny_camvid: Path, tmp_path: Path
     assert err.count("\n") == 1
 
 
-def test_command_model_errors(tiny_camvid: Path, capsys, monkeypatch) -> None:
-    monkeypatch.setitem(sys.modules, "converter", None)  # import fails
-    code, _, err = _run(capsys, "--data", str(tiny_camvid), "--model", "net.pt")
-    assert code == 1 and "needs the 'converter' package" in err and err.count("\n") == 1
-
-    def refuse(path):
-        raise ValueError(f"{path}: not a converted Caffe net")
-
-    monkeypatch.setitem(sys.modules, "converter", types.SimpleNamespace(load=refuse))
-    code, _, err = _run(capsys, "--data", str(tiny_camvid), "--model", "net.pt")
-    assert code == 1 and err == "error: cannot load model net.pt: ValueError: net.pt: not a converted Caffe net\n"
+def test_command_model_errors(tiny_camvid: Path, tmp_path: Path, capsys) -> None:
+    code, _, err = _run(capsys, "--data", str(tiny_camvid), "--model", str(tmp_path / "net.pt"))
+    assert code == 1 and "cannot load model" in err and "no such file" in err and err.count("\n") == 1
+    not_a_model = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(2)}, not_a_model)
+    code, _, err = _run(capsys, "--data", str(tiny_camvid), "--model", str(not_a_model))
+    assert code == 1 and "neither a segnet model checkpoint nor a converted Caffe net" in err
+    assert err.count("\n") == 1
 
 
 def test_command_on_camvid_ground_truth(camvid_dir: Path, capsys) -> None:

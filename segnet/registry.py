@@ -1,0 +1,21 @@
+"""Every model of the project by name: the SegNet family and the Table 1 variants."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .models import MODELS
+from .nn import BNKind
+from .variants import VARIANTS, build_variant
+
+#: Command-line names: the SegNet family, then the Table 1 variants by the paper's names.
+MODEL_NAMES = list(MODELS) + [v for v in VARIANTS if v != "SegNet-Basic"]
+
+
+def build_model(name: str, num_classes: int = 11, bn: BNKind = "pytorch", in_channels: int = 3) -> nn.Module:
+    """A new model by name ("segnet-basic", "FCN-Basic", ...), He-initialised."""
+    if name in MODELS:
+        return MODELS[name](num_classes=num_classes, bn=bn, in_channels=in_channels)
+    if name in VARIANTS:
+        return build_variant(name, num_classes=num_classes, bn=bn, in_channels=in_channels)
+    raise KeyError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
