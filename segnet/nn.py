@@ -9,7 +9,7 @@ layer's semantics); this module wraps them as ordinary torch modules:
 - ``CaffeBN``: caffe-segnet's BN in its LEARN mode (batch statistics, biased
   variance, eps 1e-9, in training and evaluation alike) or INFERENCE mode
   (y = scale * x + shift); ``convert_bn`` switches a model between these and
-  ``torch.nn.BatchNorm2d`` without changing its outputs.
+  ``torch.nn.BatchNorm2d`` without changing its outputs beyond float rounding.
 - ``LRN``: cross-channel local response normalisation, SegNet-Basic's input
   normalisation.
 """
@@ -108,8 +108,8 @@ def bn_to_pytorch(module: CaffeBN) -> nn.BatchNorm2d:
 
     LEARN becomes BatchNorm2d with eps 1e-9 (its training-mode forward is the
     same batch normalisation); INFERENCE becomes an eval-mode BatchNorm2d with
-    running mean 0 and running variance 1 - eps, which computes exactly
-    scale * x + shift.
+    running mean 0 and running variance 1 - eps, which computes
+    scale * x + shift (to float rounding: torch evaluates it in another order).
     """
     channels = module.num_features
     bn = nn.BatchNorm2d(channels, eps=SEGNET_BN_EPS).to(module.scale.device)
@@ -162,11 +162,44 @@ def convert_bn(model: nn.Module, kind: BNKind) -> nn.Module:
     return model
 
 
+@torch.no_grad()
+def fold_bn(model: nn.Module) -> nn.Module:
+    """Fold every BN that directly follows a convolution into it, for inference; returns ``model``.
+
+    A BN module named ``X_bn`` is folded into the convolution ``X`` (the
+    naming of all SegNet models): W' = W * s, b' = b * s + t per output
+    channel, with y = s * x + t the BN's evaluation-mode transform, and the
+    BN becomes an identity. LEARN-mode BN (batch statistics) cannot be folded.
+    """
+    modules = dict(model.named_modules())
+    for name, bn in list(modules.items()):
+        conv = modules.get(name[: -len("_bn")]) if name.endswith("_bn") else None
+        if conv is None or not isinstance(conv, nn.Conv2d) or not isinstance(bn, (CaffeBN, nn.BatchNorm2d)):
+            continue
+        if isinstance(bn, CaffeBN):
+            if bn.mode != "inference":
+                raise ValueError(f"{name}: a LEARN-mode BN normalises with batch statistics and cannot be folded")
+            scale, shift = bn.scale.view(-1), bn.shift.view(-1)
+        else:
+            scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+            shift = bn.bias - bn.running_mean * scale
+        conv.weight.mul_(scale.view(-1, 1, 1, 1))
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(shift)
+        new_bias = bias * scale + shift
+        if conv.bias is None:
+            conv.bias = nn.Parameter(new_bias)
+        else:
+            conv.bias.copy_(new_bias)
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, attr, nn.Identity())
+    return model
+
+
 def bn_modules(model: nn.Module) -> dict[str, nn.Module]:
     return {n: m for n, m in model.named_modules() if isinstance(m, (CaffeBN, nn.BatchNorm2d))}
 
 
 __all__ = [
     "BNKind", "CaffeBN", "LRN", "MaxPoolIndices", "Unpool", "batch_moments", "bn_modules", "bn_to_caffe",
-    "bn_to_pytorch", "convert_bn", "make_bn",
+    "bn_to_pytorch", "convert_bn", "fold_bn", "make_bn",
 ]  # fmt: skip
