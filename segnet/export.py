@@ -125,3 +125,37 @@ def export_caffe(
     Path(prototxt).parent.mkdir(parents=True, exist_ok=True)
     Path(prototxt).write_text(text_format.MessageToString(net))
     write_caffemodel(caffemodel, entries, name=net.name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    from .checkpoint import load_model
+
+    p = argparse.ArgumentParser(
+        prog="python -m segnet.export",
+        description="Write a trained SegNet checkpoint as a caffe-segnet prototxt + caffemodel.",
+    )
+    p.add_argument("checkpoint", help="a segnet checkpoint (python -m segnet.train writes them)")
+    p.add_argument("--prototxt", required=True, help="network definition to write")
+    p.add_argument("--caffemodel", required=True, help="weights to write")
+    p.add_argument("--input-size", default="360,480", help="H,W the prototxt declares (default 360,480)")
+    p.add_argument("--bn-mode", choices=["inference", "learn"], default="inference",
+                   help="inference: fold BN statistics in (deployable, default); learn: batch-statistics BN")  # fmt: skip
+    args = p.parse_args(argv)
+    try:
+        model = load_model(args.checkpoint)
+        if not isinstance(model, SegNet):
+            raise ValueError(f"{args.checkpoint}: only the SegNet family exports to caffe-segnet files")
+        size = tuple(int(v) for v in args.input_size.split(","))
+        export_caffe(model, args.prototxt, args.caffemodel, size, args.bn_mode)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}".splitlines()[0], file=sys.stderr)
+        return 2
+    print(f"wrote {args.prototxt} and {args.caffemodel}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
