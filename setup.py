@@ -33,7 +33,8 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
-        "test": ["pytest>=7"],
+        # grpcio-tools lets the tests check that proto/caffe_pb2.py matches caffe.proto.
+        "test": ["pytest>=7", "grpcio-tools>=1.60"],
         "onnx": ["onnx>=1.14", "onnxruntime>=1.16"],
         "dev": ["pytest>=7", "grpcio-tools>=1.60"],
     },
