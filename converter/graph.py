@@ -136,6 +136,8 @@ class CaffeNet(nn.Module):
                 )
             shapes.append(self.blob_shapes[b])
         module: CaffeLayer = cls(layer, shapes, phase_value(self.phase))
+        if getattr(module, "inplace", False) and any(b in self.input_shapes for b in bottoms):
+            module.inplace = False  # never overwrite a tensor the caller passed in
         top_shapes = module.top_shapes(shapes)
         for top, shape in zip(tops, top_shapes):
             self.blob_shapes[top] = tuple(shape)

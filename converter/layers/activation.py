@@ -15,11 +15,16 @@ class ReLU(CaffeLayer):
     def __init__(self, param, bottom_shapes, phase):
         super().__init__(param, bottom_shapes, phase)
         self.negative_slope = param.relu_param.negative_slope
+        #: Caffe's in-place form (top == bottom); the graph clears it for net inputs,
+        #: whose tensors belong to the caller.
+        self.inplace = list(param.top) == list(param.bottom)
 
     def forward(self, x):
+        # Overwriting is only safe when no gradient needs the input: in inference.
+        inplace = self.inplace and not torch.is_grad_enabled()
         if self.negative_slope:
-            return (F.leaky_relu(x, self.negative_slope),)
-        return (F.relu(x),)
+            return (F.leaky_relu(x, self.negative_slope, inplace=inplace),)
+        return (x.relu_() if inplace else F.relu(x),)
 
 
 @register("Sigmoid")

@@ -18,13 +18,13 @@ from .base import CaffeLayer, register
 
 
 def unpool2d(x: torch.Tensor, mask: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:
-    """Place ``x`` at the flat positions ``mask`` in an ``out_h x out_w`` zero plane."""
-    n, c = x.shape[:2]
-    index = mask.reshape(n, c, -1)
-    if index.dtype != torch.int64:
-        index = index.long()
-    out = x.new_zeros(n, c, out_h * out_w)
-    return out.scatter(2, index, x.reshape(n, c, -1)).view(n, c, out_h, out_w)
+    """Place ``x`` at the flat positions ``mask`` in an ``out_h x out_w`` zero plane.
+
+    ATen's max_unpool2d does exactly this (values written in order, so a later
+    write wins) and is about twice as fast as a generic scatter.
+    """
+    index = mask if mask.dtype == torch.int64 else mask.long()
+    return torch.ops.aten.max_unpool2d(x, index, [out_h, out_w])
 
 
 @register("Upsample")

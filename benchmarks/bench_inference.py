@@ -1,0 +1,351 @@
+"""Inference (and one training step) of SegNet and SegNet-Basic at 1x3x360x480: time and memory.
+
+Every row runs in a fresh process, so its peak resident memory (RSS) counts
+the whole process: Python, PyTorch, the weights and the activations. Times
+are the median of ``--repeats`` runs after two warm-up runs. Speed-ups are
+against the first row, a plain hand-written PyTorch SegNet (Conv2d,
+BatchNorm2d, ReLU, F.max_pool2d with indices, F.max_unpool2d) measured in
+the same run. Achieved GFLOP/s use the FLOPs counted by
+torch.utils.flop_counter, beside the machine's practical peak measured here
+with a 4096x4096 matrix product.
+
+    python benchmarks/bench_inference.py [--models segnet,segnet-basic] [--repeats 5] [--compile] [--json FILE]
+
+Weights: the oracle's full SegNet and SegNet-Basic caffemodels when the
+reference data is present (realistic activations), else random weights.
+The input is CamVid test image 0001TP_008550 when available.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("SEGNET_SHARED", ROOT.parent / "shared"))
+ORACLE = SHARED / "oracle"
+IMAGE = ROOT / "examples" / "segnet_basic_camvid" / "0001TP_008550.png"
+
+ORACLE_WEIGHTS = {
+    "segnet": ("segnet_inference.prototxt", "segnet_full.caffemodel.gz"),
+    "segnet-basic": ("segnet_basic_inference.prototxt", "segnet_basic.caffemodel"),
+}
+#: caffe-segnet CPU build on this machine kind (OpenBLAS, 2 threads), as reported; not measured here.
+CAFFE_CPU = {
+    "segnet": {"forward_s": 3.47, "rss_gib": 3.6, "train_iteration_s": 8.05},
+    "segnet-basic": {"forward_s": 2.41, "rss_gib": 4.0, "train_iteration_s": 5.32},
+}
+#: The paper's Table 6 (SegNet, 2015 NVIDIA Titan).
+PAPER_TITAN = {"forward_ms": 422.50, "backward_ms": 488.71, "inference_memory_mb": 1052, "model_mb": 117}
+
+
+class PlainSegNet(nn.Module):
+    """SegNet written the way a PyTorch user would, from the readable model's weights: the baseline."""
+
+    def __init__(self, readable):
+        super().__init__()
+        from segnet.nn import bn_to_pytorch
+
+        self.arch = readable.arch
+        self.readable_names = []
+        self.norm = readable.norm
+        self.blocks = nn.ModuleDict()
+        for name, relu in readable.conv_units():
+            bn = getattr(readable, f"{name}_bn")
+            bn = bn_to_pytorch(bn) if not isinstance(bn, nn.BatchNorm2d) else bn
+            layers = [getattr(readable, name), bn.eval()] + ([nn.ReLU(inplace=True)] if relu else [])
+            self.blocks[name] = nn.Sequential(*layers)
+            self.readable_names.append(name)
+        self.classifier = getattr(readable, readable.classifier_name)
+        self.readable = readable
+
+    def forward(self, x):
+        r = self.readable
+        if self.norm is not None:
+            x = self.norm(x)
+        indices, sizes = [], []
+        for stage, widths in enumerate(self.arch.encoder, start=1):
+            for j in range(1, len(widths) + 1):
+                x = self.blocks[r.encoder_name(stage, j)](x)
+            sizes.append(x.shape[-2:])
+            x, idx = F.max_pool2d(x, 2, 2, ceil_mode=True, return_indices=True)
+            indices.append(idx)
+        for depth, widths in enumerate(self.arch.decoder):
+            stage = len(self.arch.decoder) - depth
+            x = F.max_unpool2d(x, indices.pop(), 2, 2, output_size=sizes.pop())
+            for j in range(len(widths)):
+                x = self.blocks[r.decoder_name(stage, j)](x)
+        return self.classifier(x)
+
+
+# ------------------------------------------------------------------ one row, in its own process
+
+
+def _load_readable(name: str, weights_dir: str):
+    from segnet.checkpoint import load_model
+
+    return load_model(Path(weights_dir) / f"{name}.pt")
+
+
+def _input(size=(360, 480)) -> torch.Tensor:
+    if IMAGE.exists():
+        from segnet.camvid import load_image
+
+        return torch.from_numpy(load_image(IMAGE, size))[None]
+    return torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(0)) * 255
+
+
+def run_row(kind: str, name: str, weights_dir: str, repeats: int, out_path: str) -> dict:
+    torch.set_num_threads(os.cpu_count() or 1)
+    x = _input()
+    if kind.startswith("train"):
+        return _train_row(kind, name, weights_dir, repeats)
+    runner = _make_runner(kind, name, weights_dir)
+    loaded = _current_rss_mb()
+    with torch.inference_mode():
+        for _ in range(2):
+            y = runner(x)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            y = runner(x)
+            times.append(time.perf_counter() - start)
+    np.save(out_path, np.asarray(y, dtype=np.float32))
+    return {"median_s": statistics.median(times), "peak_rss_mb": _peak_rss_mb(), "loaded_rss_mb": loaded}
+
+
+def _make_runner(kind: str, name: str, weights_dir: str):
+    from segnet.inference import optimize_for_inference
+
+    model = _load_readable(name, weights_dir).eval()
+    if kind == "plain":
+        plain = PlainSegNet(model).eval()
+        return lambda x: plain(x)
+    if kind == "caffe-graph":
+        import converter
+
+        net = converter.convert(Path(weights_dir) / f"{name}.prototxt", Path(weights_dir) / f"{name}.caffemodel")
+        del model
+        return lambda x: net(data=x, blobs=["conv_classifier" if name == "segnet-basic" else "conv1_1_D"]).popitem()[1]
+    if kind == "readable":
+        return lambda x: model(x)
+    if kind == "optimized":
+        fast = optimize_for_inference(model, channels_last=True)
+        return lambda x: fast(x)
+    if kind == "optimized-bf16":
+        fast = optimize_for_inference(model, channels_last=True, bf16=True)
+        return lambda x: fast(x)
+    if kind == "compiled":
+        fast = torch.compile(optimize_for_inference(model, channels_last=True))
+        return lambda x: fast(x)
+    if kind == "onnxruntime":
+        from segnet.onnx_export import export_onnx, onnx_session
+
+        path = Path(weights_dir) / f"{name}.onnx"
+        if not path.exists():
+            export_onnx(model, path)
+        session = onnx_session(path)
+        return lambda x: torch.from_numpy(session.run(None, {"data": x.numpy()})[0])
+    raise ValueError(kind)
+
+
+def _train_row(kind: str, name: str, weights_dir: str, repeats: int) -> dict:
+    from segnet.loss import segnet_loss
+    from segnet.registry import build_model
+
+    model = build_model(name).train()
+    bf16 = kind == "train-bf16"
+    if kind == "train-channels-last":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x = _input()
+    if kind == "train-channels-last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, 12, (1, 360, 480), generator=torch.Generator().manual_seed(0))
+    times = []
+    for i in range(repeats + 1):
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x)
+        loss = segnet_loss(logits, labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if i:
+            times.append(time.perf_counter() - start)
+    return {"median_s": statistics.median(times), "peak_rss_mb": _peak_rss_mb()}
+
+
+def _current_rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def in_fresh_process(*args) -> dict:
+    with mp.get_context("spawn").Pool(1) as pool:
+        return pool.apply(run_row, args)
+
+
+# ------------------------------------------------------------------ setup and report
+
+
+def prepare_weights(name: str, folder: Path) -> str:
+    """Write <name>.pt (readable model) and <name>.prototxt/.caffemodel (the same weights as Caffe files)."""
+    import converter
+    from segnet.checkpoint import save_model
+    from segnet.export import export_caffe
+    from segnet.models import segnet, segnet_basic
+    from segnet.nn import convert_bn
+    from segnet.weights import load_caffe_weights
+
+    build = {"segnet": segnet, "segnet-basic": segnet_basic}[name]
+    if ORACLE.exists():
+        prototxt, weights = ORACLE_WEIGHTS[name]
+        model = load_caffe_weights(build(), converter.convert(ORACLE / prototxt, ORACLE / weights))
+        source = f"caffe-segnet oracle weights ({weights})"
+    else:
+        torch.manual_seed(0)
+        model = build().eval()
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_var.uniform_(0.5, 2)
+        convert_bn(model, "inference")
+        source = "random weights"
+    save_model(folder / f"{name}.pt", model, name)
+    export_caffe(model, folder / f"{name}.prototxt", folder / f"{name}.caffemodel")
+    return source
+
+
+def matmul_peak_gflops(dtype: torch.dtype, n: int = 4096, repeats: int = 3) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / min(times) / 1e9
+
+
+def forward_gflop(name: str, folder: Path) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = _load_readable(name, str(folder)).eval()
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(_input())
+    return counter.get_total_flops() / 1e9
+
+
+ROWS = [
+    ("plain", "plain PyTorch SegNet, fp32 (baseline)"),
+    ("caffe-graph", "converted Caffe graph, fp32"),
+    ("readable", "readable model, fp32"),
+    ("optimized", "folded BN + uint8 indices + channels-last, fp32"),
+    ("optimized-bf16", "same, bf16 autocast"),
+    ("compiled", "torch.compile of the fp32 optimized model"),
+    ("onnxruntime", "onnxruntime, fp32 (MaxPool/MaxUnpool graph)"),
+]
+TRAIN_ROWS = [
+    ("train-fp32", "training iteration, batch 1, fp32"),
+    ("train-channels-last", "training iteration, channels-last fp32"),
+    ("train-bf16", "training iteration, bf16 autocast"),
+]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", default="segnet,segnet-basic")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--compile", action="store_true", help="include torch.compile (slow to compile)")
+    p.add_argument("--no-onnx", action="store_true")
+    p.add_argument("--no-train", action="store_true")
+    p.add_argument("--json", help="write the results as JSON")
+    args = p.parse_args()
+    rows = [r for r in ROWS if (args.compile or r[0] != "compiled")]
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        rows = [r for r in rows if r[0] != "onnxruntime"]
+    if args.no_onnx:
+        rows = [r for r in rows if r[0] != "onnxruntime"]
+
+    peak32, peak16 = matmul_peak_gflops(torch.float32), matmul_peak_gflops(torch.bfloat16)
+    cpu = platform.processor() or platform.machine()
+    print(f"machine: {os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__}; "
+          f"4096^2 matmul: {peak32:.0f} GFLOP/s fp32, {peak16:.0f} GFLOP/s bf16")  # fmt: skip
+    results = {"machine": {"cores": os.cpu_count(), "torch": torch.__version__, "matmul_gflops_fp32": peak32,
+                           "matmul_gflops_bf16": peak16}, "models": {}}  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for name in args.models.split(","):
+            source = prepare_weights(name, folder)
+            gflop = forward_gflop(name, folder)
+            print(f"\n{name} at 1x3x360x480, {source}, {gflop:.0f} GFLOP per forward pass")
+            print(f"{'path':<50} {'median':>9} {'speed-up':>9} {'GFLOP/s':>8} {'peak RSS':>9} {'loaded':>7} "
+                  f"{'argmax =':>9} {'max|diff|':>10}")  # fmt: skip
+            baseline, reference, model_rows = None, None, {}
+            for kind, label in rows:
+                out = folder / f"{name}-{kind}.npy"
+                try:
+                    res = in_fresh_process(kind, name, str(folder), args.repeats, str(out))
+                except Exception as exc:  # a row that cannot run here (e.g. no compiler) is reported, not fatal
+                    print(f"{label:<50} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:60]}")
+                    continue
+                y = np.load(out)
+                if baseline is None:
+                    baseline, reference = res["median_s"], y
+                agree = float((y.argmax(axis=1) == reference.argmax(axis=1)).mean())
+                diff = float(np.abs(y - reference).max())
+                res.update(speedup=baseline / res["median_s"], gflops=gflop / res["median_s"], argmax_agreement=agree,
+                           max_abs_diff=diff)  # fmt: skip
+                model_rows[kind] = res
+                print(f"{label:<50} {res['median_s']:>8.3f}s {res['speedup']:>8.2f}x {res['gflops']:>8.0f} "
+                      f"{res['peak_rss_mb']:>7.0f}MB {res['loaded_rss_mb']:>5.0f}MB {agree:>9.5f} {diff:>10.2e}")  # fmt: skip
+            if not args.no_train:
+                for kind, label in TRAIN_ROWS:
+                    res = in_fresh_process(kind, name, str(folder), max(2, args.repeats // 2), "")
+                    model_rows[kind] = res
+                    caffe = CAFFE_CPU[name]["train_iteration_s"]
+                    print(f"{label:<50} {res['median_s']:>8.3f}s {caffe / res['median_s']:>8.2f}x vs caffe "
+                          f"{res['peak_rss_mb']:>7.0f}MB")  # fmt: skip
+            caffe = CAFFE_CPU[name]
+            print(f"caffe-segnet CPU (reported for this machine kind, not measured here): forward {caffe['forward_s']} s,"
+                  f" peak RSS {caffe['rss_gib']} GiB, training iteration {caffe['train_iteration_s']} s")  # fmt: skip
+            for kind in ("caffe-graph", "optimized", "optimized-bf16"):
+                if kind in model_rows:
+                    print(f"  {kind}: {caffe['forward_s'] / model_rows[kind]['median_s']:.1f}x faster than caffe-segnet")
+            results["models"][name] = {"gflop": gflop, "weights": source, "rows": model_rows}
+    from segnet.inference import index_memory
+    from segnet.models import segnet
+
+    memory = index_memory(segnet())
+    print(f"\nSegNet pooling indices per 360x480 image: int64 {memory['int64'] / 2**20:.1f} MiB, "
+          f"uint8 {memory['uint8'] / 2**20:.2f} MiB, 2-bit {memory['2-bit'] / 2**20:.2f} MiB")  # fmt: skip
+    print(f"paper's Table 6 (SegNet, 2015 NVIDIA Titan): forward {PAPER_TITAN['forward_ms']} ms, backward "
+          f"{PAPER_TITAN['backward_ms']} ms, inference memory {PAPER_TITAN['inference_memory_mb']} MB, model "
+          f"{PAPER_TITAN['model_mb']} MB")  # fmt: skip
+    results["index_memory_bytes"] = memory
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
