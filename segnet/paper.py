@@ -73,3 +73,21 @@ def paper_row(name: str) -> PaperRow:
         if key.lower() == name.strip().lower():
             return row
     raise KeyError(f"unknown paper row {name!r}; known rows: {', '.join(TABLE1)}")
+
+
+#: Table 3: SegNet trained on 3433 road scenes without class balancing, tested
+#: on CamVid test; G, C, mIoU, BF (percent) after 40K, 80K and 140K iterations.
+TABLE3_SEGNET: dict[str, tuple[float, float, float, float]] = {
+    "40K": (88.81, 59.93, 50.02, 35.78),
+    "80K": (89.68, 69.82, 57.18, 42.08),
+    "140K": (90.40, 71.20, 60.10, 46.84),
+}
+
+#: Table 6: SegNet at 360x480, batch 1, 2015 NVIDIA Titan (Caffe's ``time`` command, nvidia-smi).
+TABLE6_SEGNET = {
+    "forward_ms": 422.50,
+    "backward_ms": 488.71,
+    "training_memory_mb": 6803,
+    "inference_memory_mb": 1052,
+    "model_mb": 117,
+}

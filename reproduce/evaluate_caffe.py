@@ -1,0 +1,81 @@
+"""Convert a SegNet Caffe model and score it on CamVid test with the paper's protocol.
+
+    python reproduce/evaluate_caffe.py PROTOTXT CAFFEMODEL [--data CAMVID] [--limit N] [--out DIR]
+
+Prints G, C, mIoU and BF (and the per-class table) beside the paper's
+numbers for that architecture: Table 1's SegNet-Basic rows for SegNet-Basic
+nets, Table 3's SegNet rows for SegNet. Images are fed as caffe-segnet's
+DenseImageData fed them (BGR, 0..255), resized to the prototxt's input size
+when it states one; predictions are scored at the labels' 360x480.
+Warns when BN layers are still in LEARN mode (statistics not folded in:
+run python -m segnet.bn_stats first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import converter
+from segnet.data import CamVidDataset
+from segnet.evaluate import evaluate, format_report, model_predictions
+from segnet.paper import TABLE3_SEGNET, paper_row
+from segnet.predict import model_input_size
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def paper_rows(net: converter.CaffeNet) -> dict[str, dict[str, float]]:
+    names = {step.name for step in net.steps}
+    keys = ("G", "C", "mIoU", "BF")
+    if "conv_decode1" in names:  # SegNet-Basic naming
+        return {f"Table 1 {r}": paper_row(r).values() for r in ("SegNet-Basic", "SegNet-Basic/natural")}
+    if "conv1_1_D" in names:
+        return {f"Table 3 SegNet {it} (3.5K images, no balancing)": dict(zip(keys, v)) for it, v in TABLE3_SEGNET.items()}
+    return {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python reproduce/evaluate_caffe.py", description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("prototxt")
+    p.add_argument("caffemodel")
+    p.add_argument("--data", help="CamVid root (default: $SEGNET_CAMVID or ../shared/CamVid)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--limit", type=int, help="score only the first N images")
+    p.add_argument("--out", help="folder for predictions and report.json")
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args(argv)
+    data = Path(args.data or os.environ.get("SEGNET_CAMVID") or ROOT.parent / "shared" / "CamVid")
+    try:
+        net = converter.convert(args.prototxt, args.caffemodel).eval()
+        learn = [s.name for s, m in net.named_layers() if s.type == "BN" and m.mode == "LEARN"]
+        if learn:
+            print(f"warning: {len(learn)} BN layer(s) are in LEARN mode (batch statistics); results on single "
+                  "images will be poor: fold BN statistics first with python -m segnet.bn_stats", file=sys.stderr)  # fmt: skip
+        size = model_input_size(net)
+        full = CamVidDataset(data, args.split, limit=args.limit)
+        small = CamVidDataset(data, args.split, size=size, limit=args.limit) if size and size != (360, 480) else full
+        summary = evaluate(model_predictions(net.to(args.device), small, device=args.device), full,
+                           out=args.out, progress=True)  # fmt: skip
+    except (converter.CaffeFormatError, ValueError, OSError) as exc:
+        print(f"error: {exc}".splitlines()[0], file=sys.stderr)
+        return 2
+    print(format_report(summary, f"{Path(args.caffemodel).name} on CamVid {args.split}, {summary['images']} images"))
+    rows = paper_rows(net)
+    if rows:
+        print(f"\n{'':<50} {'G':>6} {'C':>6} {'mIoU':>6} {'BF':>6}")
+        print(f"{'ours':<50} " + " ".join(f"{100 * summary[k]:>6.2f}" for k in ("G", "C", "mIoU", "BF")))
+        for label, values in rows.items():
+            print(f"{label:<50} " + " ".join(f"{values[k]:>6.2f}" for k in ("G", "C", "mIoU", "BF")))
+    if args.out:
+        Path(args.out, "report.json").write_text(json.dumps({k: v for k, v in summary.items() if k != "confusion_matrix"},
+                                                            indent=1, default=float))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

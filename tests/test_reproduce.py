@@ -1,0 +1,103 @@
+"""reproduce/: the Table 1 report, its job cache and resume, and the Caffe evaluation script."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(f"reproduce_{name}", ROOT / "reproduce" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+table1 = _script("table1")
+
+
+def _tiny_camvid(root: Path, size=(24, 32)) -> Path:
+    rng = np.random.default_rng(0)
+    for split in ("train", "val", "test"):
+        (root / split).mkdir(parents=True)
+        (root / f"{split}annot").mkdir()
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 12, size=size, dtype=np.uint8)).save(root / f"{split}annot" / f"{i}.png")
+            Image.fromarray(rng.integers(0, 256, size=(*size, 3), dtype=np.uint8)).save(root / split / f"{i}.png")
+    return root
+
+
+def _result(variant, balancing, g, c, miou, bf, params=1_416_587):
+    return {"variant": variant, "balancing": balancing, "test": {"G": g, "C": c, "mIoU": miou, "BF": bf},
+            "params": params, "best_iteration": 40, "inference_ms": 12.0}  # fmt: skip
+
+
+def test_table_states_budget_hardware_command_and_deltas():
+    budget = table1.Budget(80, 12, (90, 120), 40, True, "cpu")
+    text = table1.assemble_table([_result("SegNet-Basic", "median", 80.0, 60.0, 45.0, 30.0),
+                                  _result("FCN-Basic", "natural", 85.0, 50.0, 40.0, 40.0, 645_979)],
+                                 budget, "python reproduce/table1.py", "test machine")  # fmt: skip
+    assert "- command: `python reproduce/table1.py`" in text and "- hardware: test machine" in text
+    assert "80 iterations of batch 12, images 90x120" in text and "REDUCED" in text
+    segnet_row = next(line for line in text.splitlines() if line.startswith("| SegNet-Basic | median"))
+    assert "82.7 / 80.0 / -2.7" in segnet_row and "35.8 / 30.0 / -5.8" in segnet_row and "1.417 / 1.425" in segnet_row
+    fcn_row = next(line for line in text.splitlines() if line.startswith("| FCN-Basic | natural"))
+    assert "83.9 / 85.0 / +1.1" in fcn_row  # natural-frequency column of the paper
+    full = table1.assemble_table([], table1.PAPER_BUDGET, "x", "y")
+    assert "REDUCED" not in full
+
+
+def test_jobs_are_cached_and_resumed(tmp_path, monkeypatch):
+    data = _tiny_camvid(tmp_path / "camvid")
+    out = tmp_path / "results"
+    small = table1.Budget(2, 2, (12, 16), 1, False, "tiny")
+    first = table1.run_job("FCN-Basic", "natural", small, data, out, "cpu", progress=False)
+    assert set(first["test"]) == {"G", "C", "mIoU", "BF"} and first["budget"]["iterations"] == 2
+    cache = out / "runs" / "FCN-Basic__natural.json"
+    assert json.loads(cache.read_text()) == first
+
+    def no_training(cfg):
+        raise AssertionError("a cached job must not train again")
+
+    monkeypatch.setattr(table1, "train", no_training)
+    assert table1.run_job("FCN-Basic", "natural", small, data, out, "cpu", progress=False) == first
+    monkeypatch.undo()
+
+    # A larger budget reuses the run folder and continues from its last checkpoint.
+    longer = table1.Budget(4, 2, (12, 16), 1, False, "tiny")
+    second = table1.run_job("FCN-Basic", "natural", longer, data, out, "cpu", progress=False)
+    assert second["budget"]["iterations"] == 4
+    log = (out / "runs" / "FCN-Basic__natural" / "log.jsonl").read_text().splitlines()
+    starts = [json.loads(line)["start_iteration"] for line in log if '"start"' in line]
+    assert starts == [0, 2]
+
+
+def test_plot_is_written(tmp_path):
+    path = tmp_path / "t.png"
+    table1.plot([_result("SegNet-Basic", "median", 80.0, 60.0, 45.0, 30.0)], path)
+    image = Image.open(path)
+    assert image.size[0] > 500 and image.mode == "RGB"
+
+
+def test_command_rejects_unknown_variants(tmp_path, capsys):
+    code = table1.main(["--variants", "SegNet-Huge", "--data", str(_tiny_camvid(tmp_path / "c"))])
+    assert code == 2 and "unknown variant" in capsys.readouterr().err
+
+
+def test_evaluate_caffe_prints_the_papers_rows(oracle_dir, camvid_dir, capsys):
+    evaluate_caffe = _script("evaluate_caffe")
+    code = evaluate_caffe.main([str(oracle_dir / "segnet_basic_inference.prototxt"),
+                                str(oracle_dir / "segnet_basic.caffemodel"), "--data", str(camvid_dir), "--limit", "2"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "Table 1 SegNet-Basic " in out and "82.70" in out
+    assert any(line.startswith("ours ") for line in out.splitlines())
