@@ -42,7 +42,7 @@ class CompactMaxPool(nn.Module):
         values, index = max_pool2d(x, self.kernel, self.stride, self.pad, return_indices=True)
         width = x.shape[-1]
         # flat index h*W + w -> 2 * (h mod 2) + (w mod 2), the position inside the window
-        offsets = (torch.div(index, width, rounding_mode="floor") % 2) * 2 + index % 2
+        offsets = (torch.div(index, width, rounding_mode="floor") % 2) * 2 + (index % width) % 2
         return values, offsets.to(torch.uint8)
 
 
