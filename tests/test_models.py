@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from oracle import ORACLE, relative_l2
-from PIL import Image
+from helpers import make_tiny_camvid, randomize_bn_statistics
+from oracle import relative_l2
 
 import converter
 from segnet.bn_stats import compute_bn_statistics, fold_statistics
@@ -156,10 +156,7 @@ def test_bn_statistics_fold_matches_a_hand_computation():
 def test_folding_bn_into_convolutions():
     torch.manual_seed(0)
     model = segnet_basic().eval()
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-1, 1)
-            m.running_var.uniform_(0.5, 2)
+    randomize_bn_statistics(model)
     x = torch.rand(1, 3, 90, 120) * 255
     with torch.no_grad():
         before = model(x)
@@ -176,10 +173,7 @@ def test_folding_bn_into_convolutions():
 def test_export_reads_back_to_identical_outputs(tmp_path, build, size):
     torch.manual_seed(1)
     model = build().eval()
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-1, 1)
-            m.running_var.uniform_(0.5, 2)
+    randomize_bn_statistics(model)
     convert_bn(model, "inference")  # the form a caffemodel stores
     export_caffe(model, tmp_path / "m.prototxt", tmp_path / "m.caffemodel", input_size=size)
     net = converter.convert(tmp_path / "m.prototxt", tmp_path / "m.caffemodel")
@@ -218,22 +212,10 @@ def test_monte_carlo_dropout():
 # ---------------------------------------------------------------- training
 
 
-def _tiny_camvid(root: Path, count: int = 4, size=(24, 32)) -> Path:
-    rng = np.random.default_rng(0)
-    for split in ("train", "val"):
-        (root / split).mkdir(parents=True)
-        (root / f"{split}annot").mkdir()
-        for i in range(count):
-            label = rng.integers(0, 12, size=size, dtype=np.uint8)
-            Image.fromarray(label).save(root / f"{split}annot" / f"{i}.png")
-            Image.fromarray(rng.integers(0, 256, size=(*size, 3), dtype=np.uint8)).save(root / split / f"{i}.png")
-    return root
-
-
 def test_training_runs_resumes_and_keeps_the_best(tmp_path):
     from segnet.train import TrainConfig, train
 
-    data = _tiny_camvid(tmp_path / "camvid")
+    data = make_tiny_camvid(tmp_path / "camvid", ("train", "val"), 4)
     cfg = TrainConfig(data=str(data), out=str(tmp_path / "run"), iterations=4, batch_size=2, val_every=2,
                       log_every=1, progress=False, class_weights="median")  # fmt: skip
     summary = train(cfg)
@@ -248,7 +230,7 @@ def test_training_runs_resumes_and_keeps_the_best(tmp_path):
 
 
 def test_two_process_cpu_ddp(tmp_path):
-    data = _tiny_camvid(tmp_path / "camvid")
+    data = make_tiny_camvid(tmp_path / "camvid", ("train", "val"), 4)
     env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1")
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",

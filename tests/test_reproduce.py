@@ -7,8 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-import pytest
+from helpers import make_tiny_camvid
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,17 +22,6 @@ def _script(name: str):
 
 
 table1 = _script("table1")
-
-
-def _tiny_camvid(root: Path, size=(24, 32)) -> Path:
-    rng = np.random.default_rng(0)
-    for split in ("train", "val", "test"):
-        (root / split).mkdir(parents=True)
-        (root / f"{split}annot").mkdir()
-        for i in range(3):
-            Image.fromarray(rng.integers(0, 12, size=size, dtype=np.uint8)).save(root / f"{split}annot" / f"{i}.png")
-            Image.fromarray(rng.integers(0, 256, size=(*size, 3), dtype=np.uint8)).save(root / split / f"{i}.png")
-    return root
 
 
 def _result(variant, balancing, g, c, miou, bf, params=1_416_587):
@@ -57,7 +45,7 @@ def test_table_states_budget_hardware_command_and_deltas():
 
 
 def test_jobs_are_cached_and_resumed(tmp_path, monkeypatch):
-    data = _tiny_camvid(tmp_path / "camvid")
+    data = make_tiny_camvid(tmp_path / "camvid")
     out = tmp_path / "results"
     small = table1.Budget(2, 2, (12, 16), 1, False, "tiny")
     first = table1.run_job("FCN-Basic", "natural", small, data, out, "cpu", progress=False)
@@ -89,7 +77,7 @@ def test_plot_is_written(tmp_path):
 
 
 def test_command_rejects_unknown_variants(tmp_path, capsys):
-    code = table1.main(["--variants", "SegNet-Huge", "--data", str(_tiny_camvid(tmp_path / "c"))])
+    code = table1.main(["--variants", "SegNet-Huge", "--data", str(make_tiny_camvid(tmp_path / "c"))])
     assert code == 2 and "unknown variant" in capsys.readouterr().err
 
 

@@ -27,6 +27,8 @@ def deconv_output_size(size: int, kernel: int, stride: int, pad: int, dilation: 
 
 class _ConvBase(CaffeLayer):
     transposed = False
+    #: the per-axis output size rule
+    size_rule = staticmethod(conv_output_size)
 
     def __init__(self, param, bottom_shapes, phase):
         super().__init__(param, bottom_shapes, phase)
@@ -63,15 +65,15 @@ class _ConvBase(CaffeLayer):
         if self.bias is not None:
             fill(self.bias, self._fillers[1], generator)
 
-
-@register("Convolution")
-class Convolution(_ConvBase):
     def top_shapes(self, bottom_shapes):
         n, _, h, w = bottom_shapes[0]
-        size = [conv_output_size(s, k, st, p, d) for s, k, st, p, d in
+        size = [self.size_rule(s, k, st, p, d) for s, k, st, p, d in
                 zip((h, w), self.kernel, self.stride, self.pad, self.dilation)]  # fmt: skip
         return [(n, self.num_output, *size)]
 
+
+@register("Convolution")
+class Convolution(_ConvBase):
     def forward(self, x):
         return (F.conv2d(x, self.weight, self.bias, self.stride, self.pad, self.dilation, self.group),)
 
@@ -79,12 +81,7 @@ class Convolution(_ConvBase):
 @register("Deconvolution")
 class Deconvolution(_ConvBase):
     transposed = True
-
-    def top_shapes(self, bottom_shapes):
-        n, _, h, w = bottom_shapes[0]
-        size = [deconv_output_size(s, k, st, p, d) for s, k, st, p, d in
-                zip((h, w), self.kernel, self.stride, self.pad, self.dilation)]  # fmt: skip
-        return [(n, self.num_output, *size)]
+    size_rule = staticmethod(deconv_output_size)
 
     def forward(self, x):
         return (F.conv_transpose2d(x, self.weight, self.bias, self.stride, self.pad, 0, self.group, self.dilation),)
