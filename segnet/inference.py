@@ -41,9 +41,12 @@ class CompactMaxPool(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         values, index = max_pool2d(x, self.kernel, self.stride, self.pad, return_indices=True)
         width = x.shape[-1]
-        # flat index h*W + w -> 2 * (h mod 2) + (w mod 2), the position inside the window
-        offsets = (torch.div(index, width, rounding_mode="floor") % 2) * 2 + (index % width) % 2
-        return values, offsets.to(torch.uint8)
+        # Flat index h*W + w -> 2 * (h mod 2) + (w mod 2), the position inside the window.
+        # In place on the int64 indices, which are freed on return: no other full-size temporary.
+        index.remainder_(2 * width)  # = (h mod 2) * W + w
+        odd_row = index >= width
+        index.sub_(odd_row * width).remainder_(2).add_(odd_row * 2)
+        return values, index.to(torch.uint8)
 
 
 class CompactUnpool(nn.Module):
@@ -73,10 +76,18 @@ class BF16(nn.Module):
 
 
 def optimize_for_inference(
-    model: nn.Module, fold: bool = True, compact_indices: bool = True, channels_last: bool = False, bf16: bool = False
+    model: nn.Module,
+    fold: bool = True,
+    compact_indices: bool = True,
+    channels_last: bool = False,
+    bf16: bool = False,
+    inplace: bool = False,
 ) -> nn.Module:
-    """A copy of ``model`` set up for fast, lean inference (see the module docstring)."""
-    model = copy.deepcopy(model).eval()
+    """``model`` set up for fast, lean inference (see the module docstring).
+
+    Works on a copy unless ``inplace`` (which saves holding the weights twice).
+    """
+    model = (model if inplace else copy.deepcopy(model)).eval()
     if fold:
         fold_bn(model)
     if compact_indices:
