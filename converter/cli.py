@@ -152,7 +152,7 @@ def _warn_learn_bn(net: CaffeNet) -> None:
         print(
             f"warning: {len(learn)} BN layer(s) ({learn[0]}, ...) are in LEARN mode in a TEST net: they normalise "
             "with the statistics of each input batch, which gives poor results on single images. "
-            "Compute BN statistics first, or use an inference prototxt whose BN layers are in INFERENCE mode.",
+            "Fold BN statistics in first: python -m segnet.bn_stats PROTOTXT --caffemodel WEIGHTS --data CAMVID -o OUT.caffemodel",
             file=sys.stderr,
         )
 
