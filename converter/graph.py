@@ -309,9 +309,10 @@ class CaffeNet(nn.Module):
                     )
             module.load_blobs([b.data for b in entry.blobs])
         missing = [
-            step.name for step, module in self.named_layers() if module.blob_attrs and step.name not in weights
-            or (module.blob_attrs and not weights[step.name].blobs)
-        ]  # fmt: skip
+            step.name
+            for step, module in self.named_layers()
+            if module.blob_attrs and (step.name not in weights or not weights[step.name].blobs)
+        ]
         if missing and not allow_missing:
             raise CaffeFormatError(
                 f"no weights for layer(s) {', '.join(missing)} of the prototxt", weights.path
