@@ -11,9 +11,12 @@ with a 4096x4096 matrix product.
 
     python benchmarks/bench_inference.py [--models segnet,segnet-basic] [--repeats 5] [--compile] [--json FILE]
 
-Weights: the oracle's full SegNet and SegNet-Basic caffemodels when the
-reference data is present (realistic activations), else random weights.
-The input is CamVid test image 0001TP_008550 when available.
+Weights: SegNet-Basic uses the example model trained on CamVid
+(examples/segnet_basic_camvid); SegNet the oracle's caffemodel when the
+reference data is present (synthetic weights with realistic activations),
+else random weights. The input is CamVid test image 0001TP_008550. With
+CamVid present, the bf16 path's argmax agreement with fp32 is also measured
+over the first 50 test images.
 """
 
 from __future__ import annotations
@@ -217,7 +220,12 @@ def prepare_weights(name: str, folder: Path) -> str:
     from segnet.weights import load_caffe_weights
 
     build = {"segnet": segnet, "segnet-basic": segnet_basic}[name]
-    if ORACLE.exists():
+    example = ROOT / "examples" / "segnet_basic_camvid"
+    if name == "segnet-basic" and (example / "segnet_basic_camvid.caffemodel").exists():
+        net = converter.convert(example / "segnet_basic_camvid.prototxt", example / "segnet_basic_camvid.caffemodel")
+        model = load_caffe_weights(build(), net)
+        source = "the example SegNet-Basic trained on CamVid (examples/)"
+    elif ORACLE.exists():
         prototxt, weights = ORACLE_WEIGHTS[name]
         model = load_caffe_weights(build(), converter.convert(ORACLE / prototxt, ORACLE / weights))
         source = f"caffe-segnet oracle weights ({weights})"
@@ -232,6 +240,25 @@ def prepare_weights(name: str, folder: Path) -> str:
     save_model(folder / f"{name}.pt", model, name)
     export_caffe(model, folder / f"{name}.prototxt", folder / f"{name}.caffemodel")
     return source
+
+
+@torch.inference_mode()
+def bf16_agreement(name: str, camvid: Path, count: int = 50) -> float | None:
+    """Fraction of pixels whose bf16 argmax equals the fp32 argmax, over CamVid test images."""
+    from segnet.data import CamVidDataset
+    from segnet.inference import optimize_for_inference
+
+    with tempfile.TemporaryDirectory() as tmp:
+        prepare_weights(name, Path(tmp))
+        model = _load_readable(name, tmp).eval()
+    fast = optimize_for_inference(model, channels_last=True, bf16=True)
+    same = total = 0
+    for image, _ in CamVidDataset(camvid, "test", limit=count):
+        x = image[None]
+        a, b = model(x).argmax(1), fast(x).argmax(1)
+        same += int((a == b).sum())
+        total += a.numel()
+    return same / total
 
 
 def matmul_peak_gflops(dtype: torch.dtype, n: int = 4096, repeats: int = 3) -> float:
@@ -333,6 +360,13 @@ def main() -> None:
                 if kind in model_rows:
                     print(f"  {kind}: {caffe['forward_s'] / model_rows[kind]['median_s']:.1f}x faster than caffe-segnet")
             results["models"][name] = {"gflop": gflop, "weights": source, "rows": model_rows}
+    camvid = SHARED / "CamVid"
+    if camvid.exists():
+        for name in args.models.split(","):
+            agreement = bf16_agreement(name, camvid)
+            if agreement is not None:
+                print(f"\nbf16 vs fp32 argmax agreement, {name}, first 50 CamVid test images: {agreement:.5f}")
+                results["models"][name]["bf16_agreement_camvid"] = agreement
     from segnet.inference import index_memory
     from segnet.models import segnet
 
