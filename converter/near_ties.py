@@ -193,7 +193,7 @@ def explain_with_near_ties(
                 regions.append((blob, n, box))
                 region_cands.append(_inside(flips.candidates, n, box, bad.shape[-2:]))
     if not regions:
-        return Explanation(flips, {b: e for b, (e, _) in errors.items()}, {b: int(m.sum()) for b, (_, m) in errors.items()})
+        return _explanation(flips, errors)
 
     def region_error(err_maps, r) -> int:
         blob, n, box = regions[r]
@@ -219,8 +219,11 @@ def explain_with_near_ties(
     flips.chosen = _union(kept)
     with torch.no_grad(), flips.applied(net):
         out = net(**feed, blobs=names)
-    final = _error_maps(out, reference, tol)
-    return Explanation(flips, {b: e for b, (e, _) in final.items()}, {b: int(m.sum()) for b, (_, m) in final.items()})
+    return _explanation(flips, _error_maps(out, reference, tol))
+
+
+def _explanation(flips: TieFlips, maps) -> Explanation:
+    return Explanation(flips, {b: e for b, (e, _) in maps.items()}, {b: int(m.sum()) for b, (_, m) in maps.items()})
 
 
 def _inside(candidates: Mapping[str, _Candidates], n: int, box, map_size) -> list[tuple[str, int]]:
