@@ -13,12 +13,11 @@ The file is a plain dict of strings, lists, numbers and tensors, so
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from .atomic import atomic_write
 from .errors import CaffeFormatError
 from .graph import CaffeNet
 from .prototxt import parse_net_text
@@ -42,17 +41,8 @@ def save(net: CaffeNet, path: str | Path, source: dict[str, str] | None = None) 
 
 
 def atomic_torch_save(obj, path: str | Path) -> None:
-    """torch.save through a temporary file in the same folder, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """torch.save, atomically (see converter.atomic)."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu", phase: str | None = None) -> CaffeNet:

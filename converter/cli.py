@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import numpy as np
 import torch
 
 from . import checkpoint
+from .atomic import atomic_write
 from .errors import CaffeFormatError
 from .graph import CaffeNet, numpy_blobs
 from .near_ties import explain_with_near_ties
@@ -240,27 +239,11 @@ def _compare(net: CaffeNet, feed, out, reference: dict[str, np.ndarray], tol: fl
 
 
 def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
-    os.close(fd)
-    try:
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,8 +7,6 @@ is what makes writing a 117 MB file take a fraction of a second.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -16,6 +14,7 @@ import numpy as np
 
 from caffe_proto import caffe_pb2
 
+from .atomic import atomic_write
 from .weights import _encode_varint
 
 _LEN = 2
@@ -45,19 +44,14 @@ def write_caffemodel(
     path: str | Path, layers: Iterable[tuple[caffe_pb2.LayerParameter, Sequence[np.ndarray]]], name: str = ""
 ) -> None:
     """Write a NetParameter of ``(layer, blobs)`` entries atomically to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if name:
-                f.write(caffe_pb2.NetParameter(name=name).SerializeToString())
-            for layer, blobs in layers:
-                f.write(_field(100, layer_bytes(layer, blobs)))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    def write(f) -> None:
+        if name:
+            f.write(caffe_pb2.NetParameter(name=name).SerializeToString())
+        for layer, blobs in layers:
+            f.write(_field(100, layer_bytes(layer, blobs)))
+
+    atomic_write(path, write)
 
 
 def save_caffemodel(net, path: str | Path) -> None:

@@ -19,6 +19,7 @@ from torch import nn
 
 from caffe_proto import caffe_pb2
 from converter.layers.pooling import pool_output_size
+from converter.atomic import atomic_write
 from converter.writer import write_caffemodel
 
 from .models import DROPOUT_RATIO, SegNet
@@ -122,8 +123,8 @@ def export_caffe(
     """
     with torch.no_grad():
         net, entries = to_caffe(model, input_size, bn_mode)
-    Path(prototxt).parent.mkdir(parents=True, exist_ok=True)
-    Path(prototxt).write_text(text_format.MessageToString(net))
+    text = text_format.MessageToString(net).encode("utf-8")
+    atomic_write(prototxt, lambda f: f.write(text))
     write_caffemodel(caffemodel, entries, name=net.name)
 
 
