@@ -7,6 +7,7 @@ show up on stderr and fail the check.
 from __future__ import annotations
 
 import gzip
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -66,7 +67,8 @@ def assert_clean_failure(result, out: Path, *needles: str) -> None:
     for needle in needles:
         assert needle in lines[0], lines[0]
     assert not out.exists()
-    assert not any(out.parent.glob("*")) if out.parent.exists() else True
+    leftovers = list(os.listdir(out.parent)) if out.parent.exists() else []
+    assert not leftovers, f"files left behind: {leftovers}"  # temporary files start with a dot
 
 
 def test_good_files_convert(mini, tmp_path):
