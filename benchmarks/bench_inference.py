@@ -26,7 +26,6 @@ import json
 import multiprocessing as mp
 import os
 import platform
-import resource
 import statistics
 import sys
 import tempfile
@@ -37,6 +36,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from segnet.measure import current_rss_mb, peak_rss_mb
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SEGNET_SHARED", ROOT.parent / "shared"))
@@ -118,7 +119,7 @@ def run_row(kind: str, name: str, weights_dir: str, repeats: int, out_path: str)
     if kind.startswith("train"):
         return _train_row(kind, name, weights_dir, repeats)
     runner = _make_runner(kind, name, weights_dir)
-    loaded = _current_rss_mb()
+    loaded = current_rss_mb()
     with torch.inference_mode():
         for _ in range(2):
             y = runner(x)
@@ -128,7 +129,7 @@ def run_row(kind: str, name: str, weights_dir: str, repeats: int, out_path: str)
             y = runner(x)
             times.append(time.perf_counter() - start)
     np.save(out_path, np.asarray(y, dtype=np.float32))
-    return {"median_s": statistics.median(times), "peak_rss_mb": _peak_rss_mb(), "loaded_rss_mb": loaded}
+    return {"median_s": statistics.median(times), "peak_rss_mb": peak_rss_mb(), "loaded_rss_mb": loaded}
 
 
 def _make_runner(kind: str, name: str, weights_dir: str):
@@ -151,6 +152,9 @@ def _make_runner(kind: str, name: str, weights_dir: str):
         return lambda x: fast(x)
     if kind == "optimized-bf16":
         fast = optimize_for_inference(model, channels_last=True, bf16=True, inplace=True)
+        return lambda x: fast(x)
+    if kind == "optimized-bf16-decoder":
+        fast = optimize_for_inference(model, channels_last=True, bf16="decoder", inplace=True)
         return lambda x: fast(x)
     if kind == "compiled":
         fast = torch.compile(optimize_for_inference(model, channels_last=True, inplace=True))
@@ -190,16 +194,7 @@ def _train_row(kind: str, name: str, weights_dir: str, repeats: int) -> dict:
         optimizer.step()
         if i:
             times.append(time.perf_counter() - start)
-    return {"median_s": statistics.median(times), "peak_rss_mb": _peak_rss_mb()}
-
-
-def _current_rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"median_s": statistics.median(times), "peak_rss_mb": peak_rss_mb()}
 
 
 def in_fresh_process(*args) -> dict:
@@ -243,7 +238,7 @@ def prepare_weights(name: str, folder: Path) -> str:
 
 
 @torch.inference_mode()
-def bf16_agreement(name: str, camvid: Path, count: int = 50) -> float | None:
+def bf16_agreement(name: str, camvid: Path, count: int = 50) -> dict[str, float]:
     """Fraction of pixels whose bf16 argmax equals the fp32 argmax, over CamVid test images."""
     from segnet.data import CamVidDataset
     from segnet.inference import optimize_for_inference
@@ -251,14 +246,15 @@ def bf16_agreement(name: str, camvid: Path, count: int = 50) -> float | None:
     with tempfile.TemporaryDirectory() as tmp:
         prepare_weights(name, Path(tmp))
         model = _load_readable(name, tmp).eval()
-    fast = optimize_for_inference(model, channels_last=True, bf16=True)
-    same = total = 0
+    paths = {mode: optimize_for_inference(model, channels_last=True, bf16=mode) for mode in (True, "decoder")}
+    same, total = {mode: 0 for mode in paths}, 0
     for image, _ in CamVidDataset(camvid, "test", limit=count):
         x = image[None]
-        a, b = model(x).argmax(1), fast(x).argmax(1)
-        same += int((a == b).sum())
-        total += a.numel()
-    return same / total
+        reference = model(x).argmax(1)
+        for mode, fast in paths.items():
+            same[mode] += int((fast(x).argmax(1) == reference).sum())
+        total += reference.numel()
+    return {("whole net" if mode is True else "decoder only"): same[mode] / total for mode in paths}
 
 
 def matmul_peak_gflops(dtype: torch.dtype, n: int = 4096, repeats: int = 3) -> float:
@@ -287,6 +283,7 @@ ROWS = [
     ("readable", "readable model, fp32"),
     ("optimized", "folded BN + uint8 indices, fp32"),
     ("optimized-bf16", "same + channels-last, bf16 autocast"),
+    ("optimized-bf16-decoder", "same, bf16 in the decoder only"),
     ("compiled", "torch.compile of the fp32 optimized model"),
     ("onnxruntime", "onnxruntime, fp32 (MaxPool/MaxUnpool graph)"),
 ]
@@ -356,7 +353,7 @@ def main() -> None:
             caffe = CAFFE_CPU[name]
             print(f"caffe-segnet CPU (reported for this machine kind, not measured here): forward {caffe['forward_s']} s,"
                   f" peak RSS {caffe['rss_gib']} GiB, training iteration {caffe['train_iteration_s']} s")  # fmt: skip
-            for kind in ("caffe-graph", "optimized", "optimized-bf16"):
+            for kind in ("caffe-graph", "optimized", "optimized-bf16", "optimized-bf16-decoder"):
                 if kind in model_rows:
                     print(f"  {kind}: {caffe['forward_s'] / model_rows[kind]['median_s']:.1f}x faster than caffe-segnet")
             results["models"][name] = {"gflop": gflop, "weights": source, "rows": model_rows}
@@ -364,9 +361,9 @@ def main() -> None:
     if camvid.exists():
         for name in args.models.split(","):
             agreement = bf16_agreement(name, camvid)
-            if agreement is not None:
-                print(f"\nbf16 vs fp32 argmax agreement, {name}, first 50 CamVid test images: {agreement:.5f}")
-                results["models"][name]["bf16_agreement_camvid"] = agreement
+            print(f"\nbf16 vs fp32 argmax agreement, {name}, first 50 CamVid test images at 360x480: "
+                  + ", ".join(f"{k} {v:.5f}" for k, v in agreement.items()))  # fmt: skip
+            results["models"][name]["bf16_agreement_camvid"] = agreement
     from segnet.inference import index_memory
     from segnet.models import segnet
 

@@ -18,7 +18,6 @@ import io
 import multiprocessing as mp
 import os
 import platform
-import resource
 import statistics
 import sys
 import time
@@ -26,13 +25,9 @@ import time
 import torch
 
 from segnet.loss import segnet_loss
+from segnet.measure import current_rss_mb, peak_rss_mb
 from segnet.paper import TABLE6_SEGNET
 from segnet.registry import build_model
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def _timed(fn, repeats: int) -> float:
@@ -59,15 +54,15 @@ def measure(name: str, device: str, repeats: int, bf16: bool) -> dict:
     x = torch.rand(1, 3, 360, 480, device=dev) * 255
     labels = torch.randint(0, 11, (1, 360, 480), device=dev)
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16)
-    before = _rss_mb()
+    before = current_rss_mb()
     model.eval()
     with torch.inference_mode(), autocast:
         forward = _timed(lambda: model(x), repeats)
     if dev.type == "cuda":
         inference_mb = torch.cuda.max_memory_allocated(dev) / 2**20
     else:
-        inference_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before
-    total_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        inference_mb = peak_rss_mb() - before
+    total_mb = peak_rss_mb()
     model.train()
 
     def train_forward():

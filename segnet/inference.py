@@ -11,7 +11,10 @@ labels, with:
   value straight to its window position;
 - optionally channels-last memory format and bfloat16 autocast (``bf16``),
   which runs several times faster on CPUs with AVX-512 BF16 or AMX and on
-  recent GPUs, at a small cost in accuracy (measured by the benchmark).
+  recent GPUs. bfloat16's coarser rounding decides many more max-pooling
+  near-ties differently, and each such decision moves a decoder patch, so
+  ``bf16="decoder"`` keeps the encoder in float32: most of the speed-up,
+  far closer labels (measured by benchmarks/bench_inference.py).
 
 Encoder activations are freed as soon as they are pooled, because the model
 keeps only the pooled maps and the indices.
@@ -64,15 +67,16 @@ class CompactUnpool(nn.Module):
 
 
 class BF16(nn.Module):
-    """Run a model under bfloat16 autocast; outputs are returned as float32."""
+    """Run a module under bfloat16 autocast; with ``to_float``, return float32."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, to_float: bool = True):
         super().__init__()
-        self.model = model
+        self.model, self.to_float = model, to_float
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(x.device.type, dtype=torch.bfloat16):
-            return self.model(x).float()
+            y = self.model(x)
+        return y.float() if self.to_float else y
 
 
 def optimize_for_inference(
@@ -80,12 +84,16 @@ def optimize_for_inference(
     fold: bool = True,
     compact_indices: bool = True,
     channels_last: bool = False,
-    bf16: bool = False,
+    bf16: bool | str = False,
     inplace: bool = False,
 ) -> nn.Module:
     """``model`` set up for fast, lean inference (see the module docstring).
 
-    Works on a copy unless ``inplace`` (which saves holding the weights twice).
+    ``bf16``: True runs the whole model under bfloat16 autocast; "decoder"
+    only the decoder (SegNet family): the encoder stays in float32 so that
+    its max-pooling decisions, which the decoder's unpooling depends on, are
+    the float32 ones. Works on a copy unless ``inplace`` (which saves holding
+    the weights twice).
     """
     model = (model if inplace else copy.deepcopy(model)).eval()
     if fold:
@@ -102,6 +110,14 @@ def optimize_for_inference(
         model = model.to(memory_format=torch.channels_last)
     for p in model.parameters():
         p.requires_grad_(False)
+    if bf16 == "decoder":
+        if not isinstance(model, SegNet):
+            raise ValueError("bf16='decoder' needs a SegNet-family model")
+        decoder = [name for name, _ in model.conv_units()][sum(len(w) for w in model.arch.encoder) :]
+        for name in decoder:
+            setattr(model, name, BF16(getattr(model, name), to_float=False))
+        setattr(model, model.classifier_name, BF16(getattr(model, model.classifier_name)))
+        return model
     return BF16(model) if bf16 else model
 
 

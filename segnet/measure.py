@@ -1,0 +1,25 @@
+"""Process memory readings for the benchmark and reproduction scripts (Linux)."""
+
+from __future__ import annotations
+
+import os
+
+
+def current_rss_mb() -> float:
+    """Resident memory of this process now, in MiB."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_rss_mb() -> float:
+    """This process's resident high-water mark (VmHWM), in MiB.
+
+    Not ``getrusage().ru_maxrss``: Linux carries that over from the parent
+    copy forked before ``exec``, so a fresh process started from a large
+    one would report at least the parent's size.
+    """
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM line in /proc/self/status")
