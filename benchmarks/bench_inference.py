@@ -1,7 +1,9 @@
 """Inference (and one training step) of SegNet and SegNet-Basic at 1x3x360x480: time and memory.
 
-Every row runs in a fresh process, so its peak resident memory (RSS) counts
-the whole process: Python, PyTorch, the weights and the activations. Times
+Every row runs in a fresh process, and its peak resident memory (RSS) is
+that process's high-water mark while it runs the net, so it counts
+everything: Python, PyTorch, the weights and the activations (the column
+"loaded" is the resident memory before the first run). Times
 are the median of ``--repeats`` runs after two warm-up runs. Speed-ups are
 against the first row, a plain hand-written PyTorch SegNet (Conv2d,
 BatchNorm2d, ReLU, F.max_pool2d with indices, F.max_unpool2d) measured in
@@ -37,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segnet.measure import current_rss_mb, peak_rss_mb
+from segnet.measure import current_rss_mb, peak_rss_mb, reset_peak_rss
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SEGNET_SHARED", ROOT.parent / "shared"))
@@ -120,6 +122,7 @@ def run_row(kind: str, name: str, weights_dir: str, repeats: int, out_path: str)
         return _train_row(kind, name, weights_dir, repeats)
     runner = _make_runner(kind, name, weights_dir)
     loaded = current_rss_mb()
+    reset_peak_rss()  # the peak below is the inference's, with everything already loaded counted
     with torch.inference_mode():
         for _ in range(2):
             y = runner(x)

@@ -25,7 +25,7 @@ import time
 import torch
 
 from segnet.loss import segnet_loss
-from segnet.measure import current_rss_mb, peak_rss_mb
+from segnet.measure import current_rss_mb, peak_rss_mb, reset_peak_rss
 from segnet.paper import TABLE6_SEGNET
 from segnet.registry import build_model
 
@@ -55,6 +55,7 @@ def measure(name: str, device: str, repeats: int, bf16: bool) -> dict:
     labels = torch.randint(0, 11, (1, 360, 480), device=dev)
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16)
     before = current_rss_mb()
+    reset_peak_rss()
     model.eval()
     with torch.inference_mode(), autocast:
         forward = _timed(lambda: model(x), repeats)
@@ -62,7 +63,7 @@ def measure(name: str, device: str, repeats: int, bf16: bool) -> dict:
         inference_mb = torch.cuda.max_memory_allocated(dev) / 2**20
     else:
         inference_mb = peak_rss_mb() - before
-    total_mb = peak_rss_mb()
+    total_mb = peak_rss_mb()  # the whole process while running the net
     model.train()
 
     def train_forward():

@@ -44,12 +44,14 @@ class CompactMaxPool(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         values, index = max_pool2d(x, self.kernel, self.stride, self.pad, return_indices=True)
         width = x.shape[-1]
-        # Flat index h*W + w -> 2 * (h mod 2) + (w mod 2), the position inside the window.
-        # In place on the int64 indices, which are freed on return: no other full-size temporary.
-        index.remainder_(2 * width)  # = (h mod 2) * W + w
-        odd_row = index >= width
-        index.sub_(odd_row * width).remainder_(2).add_(odd_row * 2)
-        return values, index.to(torch.uint8)
+        # Flat index h*W + w -> 2 * (h mod 2) + (w mod 2), the position inside the window,
+        # in place on the int64 indices (freed on return); other temporaries are one byte each.
+        index.remainder_(2 * width)  # m = (h mod 2) * W + w
+        odd_row = (index >= width).to(torch.uint8)
+        odd_col = index.bitwise_and_(1).to(torch.uint8)  # parity of m; of w too when W is even
+        if width % 2:
+            odd_col.bitwise_xor_(odd_row)  # m = W + w with W odd flips the parity
+        return values, odd_col.add_(odd_row).add_(odd_row)
 
 
 class CompactUnpool(nn.Module):

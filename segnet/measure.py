@@ -23,3 +23,10 @@ def peak_rss_mb() -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     raise RuntimeError("no VmHWM line in /proc/self/status")
+
+
+def reset_peak_rss() -> None:
+    """Restart the high-water mark from the current resident memory (Linux clear_refs), so that
+    the next ``peak_rss_mb`` covers only what runs from now on (plus what is already resident)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
