@@ -33,9 +33,10 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
-        # grpcio-tools lets the tests check that proto/caffe_pb2.py matches caffe.proto.
-        "test": ["pytest>=7", "grpcio-tools>=1.60"],
-        "onnx": ["onnx>=1.14", "onnxruntime>=1.16"],
+        # grpcio-tools lets the tests check that proto/caffe_pb2.py matches caffe.proto;
+        # the ONNX packages let them check the ONNX export.
+        "test": ["pytest>=7", "grpcio-tools>=1.60", "onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18"],
+        "onnx": ["onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18"],
         "dev": ["pytest>=7", "grpcio-tools>=1.60"],
     },
     entry_points={"console_scripts": ["segnet-convert=converter.cli:main"]},
