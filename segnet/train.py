@@ -179,10 +179,10 @@ def train(cfg: TrainConfig) -> dict:
     model = build_model(cfg.model)
     if cfg.init:
         source = load_model(cfg.init)
-        if isinstance(source, nn.Module) and hasattr(source, "steps"):  # a converted Caffe net
+        if hasattr(source, "steps"):  # a converted Caffe net: its layers load by name
             load_caffe_weights(model, source)
         else:
-            model.load_state_dict(source.state_dict())
+            model.load_state_dict(convert_bn(source, "pytorch").state_dict())
         convert_bn(model, "pytorch")  # fine-tune with PyTorch's BatchNorm
     model.to(device)
     if cfg.channels_last:

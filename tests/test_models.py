@@ -229,6 +229,21 @@ def test_training_runs_resumes_and_keeps_the_best(tmp_path):
     assert load_model(tmp_path / "run" / "best.pt")(torch.rand(1, 3, 24, 32)).shape == (1, 11, 24, 32)
 
 
+def test_fine_tuning_starts_from_a_checkpoint_with_caffe_bn(tmp_path):
+    from segnet.train import TrainConfig, train
+
+    data = make_tiny_camvid(tmp_path / "camvid", ("train", "val"), 4)
+    start = convert_bn(segnet_basic(), "learn")
+    save_model(tmp_path / "start.pt", start, "segnet-basic")
+    cfg = TrainConfig(data=str(data), out=str(tmp_path / "ft"), iterations=1, batch_size=2, val_every=0,
+                      progress=False, init=str(tmp_path / "start.pt"))  # fmt: skip
+    train(cfg)
+    tuned = load_model(tmp_path / "ft" / "best.pt")
+    assert isinstance(tuned.conv1_bn, torch.nn.BatchNorm2d)
+    # one SGD step moved the weights away from the starting point
+    assert not torch.equal(tuned.conv1.weight, start.conv1.weight)
+
+
 def test_two_process_cpu_ddp(tmp_path):
     data = make_tiny_camvid(tmp_path / "camvid", ("train", "val"), 4)
     env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1")
