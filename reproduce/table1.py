@@ -102,7 +102,13 @@ def run_job(variant: str, balancing: str, budget: Budget, data: Path, out: Path,
         resume=True, progress=progress,
     )  # fmt: skip
     started = time.perf_counter()
-    summary = train(cfg)
+    try:
+        summary = train(cfg)
+    except FloatingPointError as exc:  # a diverged run is a result too: record it, go on with the others
+        result = {"variant": variant, "balancing": balancing, "budget": asdict(budget), "diverged": str(exc)}
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(result, indent=1))
+        return json.loads(cache.read_text())
     train_seconds = time.perf_counter() - started
     model = load_model(run_dir / "best.pt", map_location=cfg.device if cfg.device != "auto" else "cpu")
     test_small = CamVidDataset(data, "test", size=budget.image_size)
@@ -162,6 +168,9 @@ def assemble_table(results: list[dict], budget: Budget, command: str, hw: str) -
     ]  # fmt: skip
     for r in results:
         paper = paper_row(r["variant"] + ("/natural" if r["balancing"] == "natural" else "")).values()
+        if "diverged" in r:
+            lines.append(f"| {r['variant']} | {r['balancing']} | | {r['diverged']} | | | | | |")
+            continue
         cells = [f"{paper[m]:.1f} / {r['test'][m]:.1f} / {r['test'][m] - paper[m]:+.1f}" for m in ("G", "C", "mIoU", "BF")]
         lines.append(
             f"| {r['variant']} | {r['balancing']} | {r['params'] / 1e6:.3f} / {PAPER_PARAMS_M[r['variant']]} | "
@@ -191,7 +200,7 @@ def plot(results: list[dict], path: Path) -> None:
         draw.rectangle([left + i * 150, 10, left + i * 150 + 12, 22], fill=colour)
         draw.text((left + i * 150 + 16, 10), label, fill="black")
     y = top
-    for r in results:
+    for r in (r for r in results if "test" in r):
         paper = paper_row(r["variant"] + ("/natural" if r["balancing"] == "natural" else "")).values()
         draw.text((10, y + bar), f"{r['variant']} ({r['balancing']})", fill="black")
         for value, colour in ((paper["mIoU"], colours["paper mIoU"]), (r["test"]["mIoU"], colours["ours mIoU"]),
@@ -253,7 +262,10 @@ def main(argv: list[str] | None = None) -> int:
         for balancing in balancings:
             print(f"== {variant}, {balancing} frequency: {budget.describe()}", flush=True)
             result = run_job(variant, balancing, budget, data, out, str(device), progress=not args.no_progress)
-            print("   test " + ", ".join(f"{k} {v:.1f}" for k, v in result["test"].items()), flush=True)
+            if "test" in result:
+                print("   test " + ", ".join(f"{k} {v:.1f}" for k, v in result["test"].items()), flush=True)
+            else:
+                print(f"   {result['diverged']}", flush=True)
             results.append(result)
     report = assemble_table(results, budget, command.strip(), hardware())
     md, png = out / f"table1_{budget.name}.md", out / f"table1_{budget.name}.png"

@@ -139,24 +139,29 @@ class UpsampleDecoderNet(nn.Module):
         self.encoder = BasicEncoder(in_channels, bn)
         self.addition, self.dim_reduction, self.learned = addition, dim_reduction, learned
         channels = num_classes if dim_reduction else WIDTH
+        # BN follows every convolution and deconvolution but the one producing the class scores,
+        # as the paper puts BN after each layer of encoder and decoder (and as lr 0.1 needs).
         if dim_reduction:
-            self.score = nn.Conv2d(WIDTH, num_classes, 1)
+            self.score = nn.Sequential(nn.Conv2d(WIDTH, num_classes, 1), make_bn(num_classes, bn))
             if addition:
                 for stage in range(1, STAGES):  # maps of pool1..pool3, reduced to K
-                    self.add_module(f"score_pool{stage}", nn.Conv2d(WIDTH, num_classes, 1))
+                    self.add_module(f"score_pool{stage}",
+                                    nn.Sequential(nn.Conv2d(WIDTH, num_classes, 1), make_bn(num_classes, bn)))  # fmt: skip
         if learned:
             for stage in range(STAGES, 0, -1):
                 deconv = nn.ConvTranspose2d(channels, channels, 8, stride=2, padding=3, bias=False)
                 bilinear_deconv_(deconv.weight)
                 self.add_module(f"upscore{stage}", deconv)
+                scores = dim_reduction and stage == 1
+                self.add_module(f"upscore{stage}_bn", nn.Identity() if scores else make_bn(channels, bn))
         if not dim_reduction:
             self.conv_classifier = nn.Conv2d(WIDTH, num_classes, 1)
 
     def _upsample(self, x: torch.Tensor, stage: int, size) -> torch.Tensor:
         if not self.learned:
             return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
-        x = getattr(self, f"upscore{stage}")(x)
-        return x[..., : size[0], : size[1]]
+        x = getattr(self, f"upscore{stage}")(x)[..., : size[0], : size[1]]
+        return getattr(self, f"upscore{stage}_bn")(x)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         features, pooled, _ = self.encoder(images)
@@ -199,7 +204,8 @@ VARIANTS = list(PAPER_PARAMS_M)
 
 NOTES = """\
 Why the counts differ from the paper (which does not list its layers):
-- Ours count convolution biases and BN scale/shift (about 1.5k); the paper's text says
+- Ours count convolution biases and BN scale/shift (about 1.5k, a little more in the FCN
+  variants, whose decoders have BN too); the paper's text says
   SegNet-Basic uses no biases, while SegNet-Tutorial's prototxt has them.
 - SegNet-Basic: 4 x 7x7x64x64 decoder filters + encoder + classifier = 1.415M weights; no
   reading of the text reaches 1.425M while SingleChannelDecoder stays at 0.625M.

@@ -42,6 +42,9 @@ def test_table_states_budget_hardware_command_and_deltas():
     assert "83.9 / 85.0 / +1.1" in fcn_row  # natural-frequency column of the paper
     full = table1.assemble_table([], table1.PAPER_BUDGET, "x", "y")
     assert "REDUCED" not in full
+    diverged = {"variant": "FCN-Basic", "balancing": "median", "diverged": "loss became nan at iteration 11"}
+    assert "| FCN-Basic | median | | loss became nan at iteration 11 |" in table1.assemble_table(
+        [diverged], budget, "x", "y")
 
 
 def test_jobs_are_cached_and_resumed(tmp_path, monkeypatch):
