@@ -70,6 +70,7 @@ class CaffeNet(nn.Module):
         self.loss_weights: dict[str, float] = {}
         self._data_layers: list[str] = []
         self._plans: dict[frozenset[str], tuple[list[Step], list[str]]] = {}
+        self._producers: dict[str, CaffeLayer] = {}  # blob -> the layer that last wrote it, while building
         self._build(dict(input_shapes or {}), image_size)
         self.train(self.phase == "TRAIN")
 
@@ -138,9 +139,16 @@ class CaffeNet(nn.Module):
         module: CaffeLayer = cls(layer, shapes, phase_value(self.phase))
         if getattr(module, "inplace", False) and any(b in self.input_shapes for b in bottoms):
             module.inplace = False  # never overwrite a tensor the caller passed in
+        if layer.type == "Upsample":
+            pool = self._producers.get(bottoms[1])
+            module.unique_indices = (
+                getattr(pool, "method", None) == "MAX" and pool.kernel is not None
+                and all(k <= s for k, s in zip(pool.kernel, pool.stride))
+            )  # fmt: skip
         top_shapes = module.top_shapes(shapes)
         for top, shape in zip(tops, top_shapes):
             self.blob_shapes[top] = tuple(shape)
+            self._producers[top] = module
         weights = list(layer.loss_weight)
         if weights and len(weights) != len(tops):
             raise CaffeFormatError(f"{len(weights)} loss_weight values for {len(tops)} tops", layer=layer.name)

@@ -48,7 +48,7 @@ class Unpool(nn.Module):
     """Place values at their pooling indices in a zero map of ``size`` (caffe-segnet's Upsample)."""
 
     def forward(self, x: torch.Tensor, indices: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        return unpool2d(x, indices, size[0], size[1])
+        return unpool2d(x, indices, size[0], size[1], unique=True)  # 2x2 windows do not overlap
 
 
 class LRN(nn.Module):

@@ -31,8 +31,8 @@ def _params(files):
 def test_the_zoo_is_complete():
     if not FILES:
         pytest.skip(f"SegNet-Tutorial prototxt files not found at {ZOO}")
-    # SegNet-Tutorial ships 18 net definitions and 3 solvers in Models/ and Example_Models/.
-    assert len(NETS) == 18 and len(SOLVERS) == 3
+    # SegNet-Tutorial ships 18 net definitions and 4 solvers in Models/ and Example_Models/.
+    assert len(NETS) == 18 and len(SOLVERS) == 4
 
 
 @pytest.mark.parametrize("path", _params(NETS))

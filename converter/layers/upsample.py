@@ -17,14 +17,20 @@ import torch
 from .base import CaffeLayer, register
 
 
-def unpool2d(x: torch.Tensor, mask: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:
+def unpool2d(x: torch.Tensor, mask: torch.Tensor, out_h: int, out_w: int, unique: bool = False) -> torch.Tensor:
     """Place ``x`` at the flat positions ``mask`` in an ``out_h x out_w`` zero plane.
 
-    ATen's max_unpool2d does exactly this (values written in order, so a later
-    write wins) and is about twice as fast as a generic scatter.
+    Where positions repeat (masks of overlapping pooling windows), a later
+    value wins, as in Caffe's loop. ``unique`` says the positions cannot
+    repeat (non-overlapping pooling): then ATen's max_unpool2d, about twice as
+    fast, is used; it does not promise an order for repeated positions.
     """
     index = mask if mask.dtype == torch.int64 else mask.long()
-    return torch.ops.aten.max_unpool2d(x, index, [out_h, out_w])
+    if unique:
+        return torch.ops.aten.max_unpool2d(x, index, [out_h, out_w])
+    n, c = x.shape[:2]
+    out = x.new_zeros(n, c, out_h * out_w)
+    return out.scatter(2, index.reshape(n, c, -1), x.reshape(n, c, -1)).view(n, c, out_h, out_w)
 
 
 @register("Upsample")
@@ -53,6 +59,8 @@ class Upsample(CaffeLayer):
         x, mask = bottom_shapes
         if tuple(x) != tuple(mask):
             raise self.fail(f"data {list(x)} and mask {list(mask)} bottoms differ in shape")
+        #: set by the graph when the mask comes from non-overlapping MAX pooling
+        self.unique_indices = False
 
     def output_size(self, h: int, w: int) -> tuple[int, int]:
         if self.size is not None:
@@ -70,4 +78,4 @@ class Upsample(CaffeLayer):
                 f"mask index {int(mask.max())} is outside the {out_h}x{out_w} output: "
                 "the upsample size does not match the pooling that made the mask"
             )
-        return (unpool2d(x, mask, out_h, out_w),)
+        return (unpool2d(x, mask, out_h, out_w, self.unique_indices),)
