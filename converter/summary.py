@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from .graph import CaffeNet
@@ -18,12 +19,7 @@ def layer_rows(net: CaffeNet) -> list[dict[str, Any]]:
         })  # fmt: skip
     for step, module in net.named_layers():
         params = [list(s) for s in module.blob_shapes()]
-        count = 0
-        for s in params:
-            n = 1
-            for d in s:
-                n *= d
-            count += n
+        count = sum(math.prod(s) for s in params)
         rows.append({
             "name": step.name,
             "type": step.type,

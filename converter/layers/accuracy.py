@@ -6,6 +6,8 @@ equal scores the larger class index comes first.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .base import CaffeLayer, canonical_axis, register
@@ -31,7 +33,7 @@ class ArgMax(CaffeLayer):
         shape = bottom_shapes[0]
         self.top_k, self.out_max_val = p.top_k, p.out_max_val
         self.axis = canonical_axis(p.axis, len(shape), self.caffe_name) if p.HasField("axis") else None
-        limit = shape[self.axis] if self.axis is not None else _count(shape[1:])
+        limit = shape[self.axis] if self.axis is not None else math.prod(shape[1:])
         if not 1 <= self.top_k <= limit:
             raise self.fail(f"top_k {self.top_k} must lie in 1..{limit}")
 
@@ -84,7 +86,7 @@ class Accuracy(CaffeLayer):
         return [(), (bottom_shapes[0][1], 1, 1, 1)][: self.num_tops]
 
     def forward(self, x, labels):
-        outer = _count(x.shape[: self.axis])
+        outer = math.prod(x.shape[: self.axis])
         scores = x.reshape(outer, self.classes, -1)
         label = labels.reshape(outer, -1).to(torch.int64)
         valid = torch.ones_like(label, dtype=torch.bool) if self.ignore_label is None else label != self.ignore_label
@@ -107,9 +109,3 @@ class Accuracy(CaffeLayer):
         per_class = torch.where(totals > 0, hits / totals.clamp(min=1), torch.ones_like(totals))
         return accuracy, per_class.reshape(self.classes, 1, 1, 1)
 
-
-def _count(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n

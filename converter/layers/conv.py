@@ -8,6 +8,8 @@ map one to one.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -94,9 +96,7 @@ class InnerProduct(CaffeLayer):
         p = param.inner_product_param
         shape = bottom_shapes[0]
         self.axis = canonical_axis(p.axis, len(shape), self.caffe_name)
-        fan_in = 1
-        for d in shape[self.axis :]:
-            fan_in *= d
+        fan_in = math.prod(shape[self.axis :])
         self.num_output = p.num_output
         self.weight = nn.Parameter(torch.zeros(p.num_output, fan_in))
         self.bias = nn.Parameter(torch.zeros(p.num_output)) if p.bias_term else None

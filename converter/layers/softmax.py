@@ -13,6 +13,8 @@ exactly Caffe's (the FLT_MIN clamp does not cut it off).
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .base import CaffeLayer, canonical_axis, register
@@ -35,7 +37,7 @@ class _SoftmaxLossFunction(torch.autograd.Function):
     def forward(ctx, logits, labels, weights, ignore_label, normalize, axis):
         # Work on (outer, C, inner) views.
         shape = logits.shape
-        outer = int(torch.tensor(shape[:axis]).prod()) if axis else 1
+        outer = math.prod(shape[:axis])
         classes = shape[axis]
         x = logits.reshape(outer, classes, -1)
         prob = torch.softmax(x, dim=1)
@@ -104,15 +106,8 @@ class SoftmaxWithLoss(CaffeLayer):
         lp = param.loss_param
         self.ignore_label = lp.ignore_label if lp.HasField("ignore_label") else None
         self.normalize = lp.normalize
-        outer = 1
-        for d in shape[: self.axis]:
-            outer *= d
-        inner = 1
-        for d in shape[self.axis + 1 :]:
-            inner *= d
-        label_count = 1
-        for d in label_shape:
-            label_count *= d
+        outer, inner = math.prod(shape[: self.axis]), math.prod(shape[self.axis + 1 :])
+        label_count = math.prod(label_shape)
         if outer * inner != label_count:
             raise self.fail(f"label count {label_count} does not match the predictions' {outer * inner} positions")
         if lp.weight_by_label_freqs:

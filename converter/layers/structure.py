@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from caffe_proto import caffe_pb2
@@ -134,9 +136,7 @@ class Flatten(CaffeLayer):
 
     def top_shapes(self, bottom_shapes):
         shape = bottom_shapes[0]
-        middle = 1
-        for d in shape[self.start : self.end + 1]:
-            middle *= d
+        middle = math.prod(shape[self.start : self.end + 1])
         return [(*shape[: self.start], middle, *shape[self.end + 1 :])]
 
     def forward(self, x):
@@ -164,20 +164,13 @@ class Reshape(CaffeLayer):
             raise self.fail(f"axis {self.axis} / num_axes {self.num_axes} out of range for {shape}")
         new = [shape[start + i] if d == 0 else d for i, d in enumerate(self.dims)]
         out = shape[:start] + new + shape[end:]
-        total = 1
-        for d in shape:
-            total *= d
+        total = math.prod(shape)
         if -1 in out:
-            known = 1
-            for d in out:
-                if d != -1:
-                    known *= d
+            known = math.prod(d for d in out if d != -1)
             if known == 0 or total % known:
                 raise self.fail(f"cannot reshape {shape} into {out}")
             out[out.index(-1)] = total // known
-        count = 1
-        for d in out:
-            count *= d
+        count = math.prod(out)
         if count != total:
             raise self.fail(f"cannot reshape {shape} ({total} values) into {out} ({count} values)")
         return [tuple(out)]
