@@ -67,7 +67,6 @@ class PlainSegNet(nn.Module):
         from segnet.nn import bn_to_pytorch
 
         self.arch = readable.arch
-        self.readable_names = []
         self.norm = readable.norm
         self.blocks = nn.ModuleDict()
         for name, relu in readable.conv_units():
@@ -75,7 +74,6 @@ class PlainSegNet(nn.Module):
             bn = bn_to_pytorch(bn) if not isinstance(bn, nn.BatchNorm2d) else bn
             layers = [getattr(readable, name), bn.eval()] + ([nn.ReLU(inplace=True)] if relu else [])
             self.blocks[name] = nn.Sequential(*layers)
-            self.readable_names.append(name)
         self.classifier = getattr(readable, readable.classifier_name)
         self.readable = readable
 

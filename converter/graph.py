@@ -68,7 +68,6 @@ class CaffeNet(nn.Module):
         self.blob_shapes: dict[str, Shape] = {}
         self.input_shapes: dict[str, Shape] = {}
         self.loss_weights: dict[str, float] = {}
-        self._data_layers: list[str] = []
         self._plans: dict[frozenset[str], tuple[list[Step], list[str]]] = {}
         self._producers: dict[str, CaffeLayer] = {}  # blob -> the layer that last wrote it, while building
         self._build(dict(input_shapes or {}), image_size)
@@ -92,7 +91,6 @@ class CaffeNet(nn.Module):
             known_inputs[name] = tuple(net.input_shape[i].dim) if net.input_shape else None
         for layer in layers:
             if layer.type in DATA_LAYER_TYPES:
-                self._data_layers.append(layer.name)
                 implied = implied_input_shapes(layer, image_size)
                 if layer.type == "DenseImageData" and len(layer.top) > 1 and layer.top[0] in overrides:
                     n, _, h, w = overrides[layer.top[0]]  # the label follows the image's size

@@ -23,17 +23,19 @@ import converter
 from segnet.data import CamVidDataset
 from segnet.evaluate import evaluate, format_report, model_predictions
 from segnet.paper import TABLE3_SEGNET, paper_row
+from segnet.models import SEGNET, SEGNET_BASIC
 from segnet.predict import model_input_size
+from segnet.weights import architecture_of
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def paper_rows(net: converter.CaffeNet) -> dict[str, dict[str, float]]:
-    names = {step.name for step in net.steps}
+    arch = architecture_of(net)
     keys = ("G", "C", "mIoU", "BF")
-    if "conv_decode1" in names:  # SegNet-Basic naming
+    if arch is SEGNET_BASIC:
         return {f"Table 1 {r}": paper_row(r).values() for r in ("SegNet-Basic", "SegNet-Basic/natural")}
-    if "conv1_1_D" in names:
+    if arch is SEGNET:
         return {f"Table 3 SegNet {it} (3.5K images, no balancing)": dict(zip(keys, v)) for it, v in TABLE3_SEGNET.items()}
     return {}
 

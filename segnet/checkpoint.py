@@ -77,7 +77,3 @@ def model_name(path: str | Path) -> str:
         raise ValueError(f"{path}: not a segnet model checkpoint")
     return payload["model"]
 
-
-def checkpoint_meta(path: str | Path) -> dict[str, Any]:
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    return dict(payload.get("meta", {})) if isinstance(payload, dict) else {}

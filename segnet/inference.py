@@ -36,13 +36,10 @@ from .nn import MaxPoolIndices, Unpool, fold_bn
 class CompactMaxPool(nn.Module):
     """2x2 stride-2 Caffe max pooling returning (values, uint8 offset of the maximum in its window)."""
 
-    kernel, stride, pad = (2, 2), (2, 2), (0, 0)
-
-    def kernel_for(self, shape) -> tuple[int, int]:
-        return self.kernel
+    kernel, stride = (2, 2), (2, 2)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        values, index = max_pool2d(x, self.kernel, self.stride, self.pad, return_indices=True)
+        values, index = max_pool2d(x, self.kernel, self.stride, return_indices=True)
         width = x.shape[-1]
         # Flat index h*W + w -> 2 * (h mod 2) + (w mod 2), the position inside the window,
         # in place on the int64 indices (freed on return); other temporaries are one byte each.

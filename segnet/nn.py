@@ -21,7 +21,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from converter.layers.batchnorm import SEGNET_BN_EPS, batch_moments, bn_inference, bn_learn
+from converter.layers.batchnorm import SEGNET_BN_EPS, bn_inference, bn_learn
 from converter.layers.lrn import lrn_across_channels
 from converter.layers.pooling import max_pool2d
 from converter.layers.upsample import unpool2d
@@ -35,13 +35,9 @@ class MaxPoolIndices(nn.Module):
     def __init__(self, kernel: int = 2, stride: int = 2):
         super().__init__()
         self.kernel, self.stride = (kernel, kernel), (stride, stride)
-        self.pad = (0, 0)
-
-    def kernel_for(self, shape) -> tuple[int, int]:
-        return self.kernel
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return max_pool2d(x, self.kernel, self.stride, self.pad, return_indices=True)
+        return max_pool2d(x, self.kernel, self.stride, return_indices=True)
 
 
 class Unpool(nn.Module):
@@ -195,11 +191,7 @@ def fold_bn(model: nn.Module) -> nn.Module:
     return model
 
 
-def bn_modules(model: nn.Module) -> dict[str, nn.Module]:
-    return {n: m for n, m in model.named_modules() if isinstance(m, (CaffeBN, nn.BatchNorm2d))}
-
-
 __all__ = [
-    "BNKind", "CaffeBN", "LRN", "MaxPoolIndices", "Unpool", "batch_moments", "bn_modules", "bn_to_caffe",
+    "BNKind", "CaffeBN", "LRN", "MaxPoolIndices", "Unpool", "bn_to_caffe",
     "bn_to_pytorch", "convert_bn", "fold_bn", "make_bn",
 ]  # fmt: skip

@@ -76,8 +76,8 @@ def onnx_session(path: str | Path, threads: int | None = None):
 
 def main(argv: list[str] | None = None) -> int:
     from .checkpoint import load_model
-    from .models import SEGNET, SEGNET_BASIC, SegNet
-    from .weights import load_caffe_weights
+    from .models import SegNet
+    from .weights import architecture_of, load_caffe_weights
 
     p = argparse.ArgumentParser(prog="python -m segnet.onnx_export", description=__doc__.splitlines()[0])
     p.add_argument("model", help="segnet checkpoint or converted Caffe net (.pt)")
@@ -87,8 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model = load_model(args.model)
         if hasattr(model, "steps"):  # a converted Caffe net: use the readable model of its architecture
-            names = {step.name for step in model.steps}
-            arch = SEGNET_BASIC if "conv_decode1" in names else SEGNET
+            arch = architecture_of(model)
+            if arch is None:
+                raise ValueError(f"{args.model}: not a SegNet or SegNet-Basic net")
             model = load_caffe_weights(SegNet(arch), model)
         size = tuple(int(v) for v in args.input_size.split(","))
         export_onnx(model, args.output, size)

@@ -20,11 +20,22 @@ from torch import nn
 import converter
 from converter import CaffeNet
 
+from .models import SEGNET, SEGNET_BASIC, Architecture
 from .nn import CaffeBN
 
 
 class WeightMismatchError(ValueError):
     """The weights do not fit the model; the message lists every problem found."""
+
+
+def architecture_of(net: CaffeNet) -> Architecture | None:
+    """The SegNet-family architecture whose layer names a converted net uses, if any."""
+    names = {step.name for step in net.steps}
+    if "conv_decode1" in names:
+        return SEGNET_BASIC
+    if "conv1_1_D" in names:
+        return SEGNET
+    return None
 
 
 def open_caffe_net(source: CaffeNet | str | Path | tuple[str | Path, str | Path]) -> CaffeNet:
