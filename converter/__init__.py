@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from .checkpoint import load, save
-from .errors import CaffeFormatError
+from .errors import CaffeFormatError, UserError, run_command
 from .graph import CaffeNet
 from .prototxt import parse_net_text, read_net, read_solver
 from .weights import CaffeWeights, read_weights
@@ -40,6 +40,7 @@ def convert(
 
 
 __all__ = [
-    "CaffeFormatError", "CaffeNet", "CaffeWeights", "convert", "load", "parse_net_text", "read_net",
+    "CaffeFormatError", "CaffeNet", "CaffeWeights", "UserError", "convert", "load", "parse_net_text", "read_net",
+    "run_command",
     "read_solver", "read_weights", "save",
 ]  # fmt: skip

@@ -13,7 +13,7 @@ import torch
 
 from . import checkpoint
 from .atomic import atomic_write
-from .errors import CaffeFormatError
+from .errors import CaffeFormatError, run_command
 from .graph import CaffeNet, numpy_blobs
 from .near_ties import explain_with_near_ties
 from .prototxt import read_net
@@ -249,14 +249,7 @@ def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.filterwarnings("ignore", message=".*NumPy array is not writable.*")
-    try:
-        return run(args)
-    except CaffeFormatError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return run_command(lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -1,19 +1,35 @@
-"""The one error type users see when a Caffe file cannot be used."""
+"""The one error path every command shares.
+
+A user's mistake (a bad or wrong-kind file, weights that do not fit, a bad
+option) is a :class:`UserError`: ``str()`` is one line naming the file, the
+layer when there is one, and the whole reason. Commands run their body
+through :func:`run_command`, which prints ``error: <that line>`` on stderr and
+returns exit status 2; no traceback, and no half-written output (outputs are
+written atomically, see ``converter.atomic``).
+"""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from typing import Callable
 
 
-class CaffeFormatError(ValueError):
-    """A Caffe file that cannot be read or does not fit the net.
+def one_line(text: str) -> str:
+    """A possibly multi-line message as one line (lines joined with '; ')."""
+    parts = [part.strip() for part in str(text).splitlines() if part.strip()]
+    return "; ".join(parts)
 
-    ``str()`` gives one line naming the file, the layer (when there is one)
-    and the problem, which is what the command line prints.
+
+class UserError(ValueError):
+    """A problem with what the user gave: one line naming the file, the layer and the reason.
+
+    Subclasses name the kind of input (Caffe files, data sets, checkpoints);
+    every command catches this base class.
     """
 
     def __init__(self, problem: str, path: str | Path | None = None, layer: str | None = None):
-        self.problem = problem
+        self.problem = one_line(problem)
         self.path = str(path) if path is not None else None
         self.layer = layer
         where = []
@@ -21,4 +37,25 @@ class CaffeFormatError(ValueError):
             where.append(self.path)
         if layer:
             where.append(f"layer '{layer}'")
-        super().__init__(f"{': '.join(where)}: {problem}" if where else problem)
+        super().__init__(f"{': '.join(where)}: {self.problem}" if where else self.problem)
+
+
+class CaffeFormatError(UserError):
+    """A Caffe file (prototxt, caffemodel, converted checkpoint) that cannot be read or does not fit the net."""
+
+
+def run_command(body: Callable[[], int | None], prog: str | None = None) -> int:
+    """Run a command's body with the shared error path; returns the exit status.
+
+    ``UserError`` -> ``error: <one line>`` on stderr, status 2. Ctrl-C -> 130.
+    Anything else is a bug in this project and keeps its traceback.
+    """
+    try:
+        status = body()
+        return 0 if status is None else int(status)
+    except UserError as exc:
+        print(f"{prog + ': ' if prog else ''}error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
