@@ -236,6 +236,10 @@ class CaffeNet(nn.Module):
         order = self.blob_shapes if blobs == "all" else keep
         return {name: env[name] for name in order if name in env}
 
+    def plan(self, blobs: Iterable[str]) -> tuple[list[Step], list[str]]:
+        """The layers that compute ``blobs`` (in Caffe's order) and the net inputs they read."""
+        return self._plan(frozenset(blobs))
+
     def _plan(self, keep: frozenset[str]) -> tuple[list[Step], list[str]]:
         """The layers needed to produce ``keep`` (others, e.g. an unused loss, are skipped) and the inputs they read."""
         cached = self._plans.get(keep)

@@ -9,6 +9,7 @@ and the module's tensors.
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar, Sequence
 
 import numpy as np
@@ -63,6 +64,7 @@ class CaffeLayer(nn.Module):
         self.caffe_type = param.type
         self.phase = phase
         self.num_tops = len(param.top)
+        self.bottom_shapes: list[Shape] = [tuple(s) for s in bottom_shapes]
 
     # -- shapes ---------------------------------------------------------------
 
@@ -73,6 +75,22 @@ class CaffeLayer(nn.Module):
     def index_tops(self) -> tuple[int, ...]:
         """Positions of tops that hold indices (masks, argmax): compared exactly, not approximately."""
         return ()
+
+    # -- rounding (the noise model of converter.verdict) -----------------------
+
+    def rounding_terms(self, top: int = 0) -> int:
+        """How many terms one value of top ``top`` combines in float arithmetic; 0 for exact operations.
+
+        The verdict sizes its float32 rounding noise by this. The default
+        suits reductions: the bottom's size per top value.
+        """
+        shapes = self.top_shapes(self.bottom_shapes)
+        return max(1, math.prod(self.bottom_shapes[0]) // max(1, math.prod(shapes[top])))
+
+    def param_grad_terms(self, blob: int) -> int:
+        """How many terms one value of parameter gradient ``blob`` sums: the top's positions per channel."""
+        top = self.top_shapes(self.bottom_shapes)[0]
+        return max(1, math.prod(top) // top[1]) if len(top) >= 2 and top[1] else max(1, math.prod(top))
 
     # -- parameters -----------------------------------------------------------
 

@@ -28,6 +28,9 @@ class Softmax(CaffeLayer):
         super().__init__(param, bottom_shapes, phase)
         self.axis = canonical_axis(param.softmax_param.axis, len(bottom_shapes[0]), self.caffe_name)
 
+    def rounding_terms(self, top=0):
+        return self.bottom_shapes[0][self.axis]
+
     def forward(self, x):
         return (torch.softmax(x, dim=self.axis),)
 
@@ -121,6 +124,11 @@ class SoftmaxWithLoss(CaffeLayer):
 
     def top_shapes(self, bottom_shapes):
         return [()] + [tuple(bottom_shapes[0])] * (self.num_tops - 1)
+
+    def rounding_terms(self, top=0):
+        shape = self.bottom_shapes[0]
+        classes = shape[self.axis]
+        return math.prod(shape) // classes if top == 0 else classes  # the loss sums every position
 
     def forward(self, logits, labels):
         try:
