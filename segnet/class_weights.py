@@ -26,12 +26,13 @@ from segnet.camvid import (
     CLASS_NAMES,
     NUM_CLASSES,
     PROTOTXT_CLASS_WEIGHTS,
-    CamVidError,
     ClassStats,
     median_frequency_weights,
     natural_frequency_weights,
     split_class_statistics,
 )
+
+from segnet.cli import run
 
 BALANCINGS = ("prototxt", "median", "natural")
 
@@ -80,13 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True, help="CamVid root folder")
     parser.add_argument("--split", default="train", help="split to count (default: train)")
     args = parser.parse_args(argv)
-    try:
-        stats = split_class_statistics(args.data, args.split)
-    except CamVidError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(format_table(stats, args.split))
-    return 0
+
+    def command() -> int:
+        print(format_table(split_class_statistics(args.data, args.split), args.split))
+        return 0
+
+    return run(command)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,10 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from converter.errors import UserError
+from segnet import checkpoint
 from segnet.boundary import BF_TOLERANCE
+from segnet.cli import add_progress_flag, run
 from segnet.camvid import CLASS_NAMES, NUM_CLASSES, VOID, CamVidError, colorize, read_label
 from segnet.data import CamVidDataset
 from segnet.metrics import SegmentationMetrics
@@ -38,7 +41,7 @@ from segnet.paper import METRICS, SOURCE, PaperRow, paper_row
 Model = Callable[[torch.Tensor], Any]
 
 
-class EvaluationError(Exception):
+class EvaluationError(UserError):
     """A problem with the model, the predictions or the arguments."""
 
 
@@ -83,12 +86,7 @@ def labels_from_output(output: Any, num_classes: int = NUM_CLASSES) -> torch.Ten
 
 def load_model(path: str | Path) -> torch.nn.Module:
     """A converted Caffe net (``python -m converter``) or a trained segnet checkpoint."""
-    from segnet.checkpoint import load_model as load_checkpoint
-
-    try:
-        return load_checkpoint(path)
-    except Exception as exc:  # any loading failure becomes one line
-        raise EvaluationError(f"cannot load model {path}: {_one_line(exc)}") from None
+    return checkpoint.load_model(path)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -231,51 +229,49 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", help="torch device for --model (default: cpu)")
     parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default: 1)")
     parser.add_argument("--workers", type=int, default=1, help="processes computing BF (default: 1)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_progress_flag(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    return run(lambda: _command(args))
+
+
+def _command(args: argparse.Namespace) -> int:
+    if args.limit is not None and args.limit < 1:
+        raise EvaluationError("--limit must be at least 1")
+    if args.batch_size < 1 or args.workers < 1:
+        raise EvaluationError("--batch-size and --workers must be at least 1")
     try:
-        if args.limit is not None and args.limit < 1:
-            raise EvaluationError("--limit must be at least 1")
-        if args.batch_size < 1 or args.workers < 1:
-            raise EvaluationError("--batch-size and --workers must be at least 1")
+        paper = paper_row(args.compare_paper) if args.compare_paper else None
+    except KeyError as exc:
+        raise EvaluationError(exc.args[0]) from None
+    dataset = CamVidDataset(args.data, args.split, limit=args.limit)
+    if args.model:
         try:
-            paper = paper_row(args.compare_paper) if args.compare_paper else None
-        except KeyError as exc:
-            raise EvaluationError(exc.args[0]) from None
-        dataset = CamVidDataset(args.data, args.split, limit=args.limit)
-        if args.model:
-            try:
-                device = torch.device(args.device)
-            except RuntimeError as exc:
-                raise EvaluationError(f"bad --device {args.device!r}: {_one_line(exc)}") from None
-            if device.type == "cuda" and not torch.cuda.is_available():
-                raise EvaluationError("--device cuda asked for, but torch sees no CUDA device")
-            model = load_model(args.model)
-            predictions = model_predictions(model, dataset, args.batch_size, device)
-            source = {"model": str(args.model)}
-        else:
-            predictions = saved_predictions(args.predictions, dataset)
-            source = {"predictions": str(args.predictions)}
-        summary = evaluate(
-            predictions, dataset, out=args.out, workers=args.workers, progress=not args.no_progress
-        )
-        what = source.get("model") or source.get("predictions")
-        print(format_report(summary, f"CamVid {args.split}, {summary['images']} images, {what}", paper))
-        if args.out:
-            report = {"data": str(args.data), "split": args.split, **source, "bf_tolerance": BF_TOLERANCE}
-            report.update(summary)
-            if paper is not None:
-                report["paper"] = {"row": paper.name, "source": SOURCE, **paper.values()}
-            path = Path(args.out) / "report.json"
-            path.write_text(json.dumps(report, indent=1) + "\n")
-            print(f"\nwrote {path}")
-    except (CamVidError, EvaluationError, OSError) as exc:  # OSError: an unwritable --out
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+            device = torch.device(args.device)
+        except RuntimeError as exc:
+            raise EvaluationError(f"bad --device {args.device!r}: {_one_line(exc)}") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise EvaluationError("--device cuda asked for, but torch sees no CUDA device")
+        model = load_model(args.model)
+        predictions = model_predictions(model, dataset, args.batch_size, device)
+        source = {"model": str(args.model)}
+    else:
+        predictions = saved_predictions(args.predictions, dataset)
+        source = {"predictions": str(args.predictions)}
+    summary = evaluate(predictions, dataset, out=args.out, workers=args.workers, progress=args.progress)
+    what = source.get("model") or source.get("predictions")
+    print(format_report(summary, f"CamVid {args.split}, {summary['images']} images, {what}", paper))
+    if args.out:
+        report = {"data": str(args.data), "split": args.split, **source, "bf_tolerance": BF_TOLERANCE}
+        report.update(summary)
+        if paper is not None:
+            report["paper"] = {"row": paper.name, "source": SOURCE, **paper.values()}
+        path = Path(args.out) / "report.json"
+        path.write_text(json.dumps(report, indent=1) + "\n")
+        print(f"\nwrote {path}")
     return 0
 
 

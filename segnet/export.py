@@ -20,7 +20,10 @@ from torch import nn
 from caffe_proto import caffe_pb2
 from converter.layers.pooling import pool_output_size
 from converter.atomic import atomic_write
+from converter.errors import UserError
 from converter.writer import write_caffemodel
+
+from .cli import run
 
 from .models import DROPOUT_RATIO, SegNet
 from .nn import CaffeBN, bn_to_caffe
@@ -130,9 +133,6 @@ def export_caffe(
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
-    import sys
-
-    from .checkpoint import load_model
 
     p = argparse.ArgumentParser(
         prog="python -m segnet.export",
@@ -145,15 +145,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bn-mode", choices=["inference", "learn"], default="inference",
                    help="inference: fold BN statistics in (deployable, default); learn: batch-statistics BN")  # fmt: skip
     args = p.parse_args(argv)
-    try:
-        model = load_model(args.checkpoint)
-        if not isinstance(model, SegNet):
-            raise ValueError(f"{args.checkpoint}: only the SegNet family exports to caffe-segnet files")
-        size = tuple(int(v) for v in args.input_size.split(","))
-        export_caffe(model, args.prototxt, args.caffemodel, size, args.bn_mode)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}".splitlines()[0], file=sys.stderr)
-        return 2
+    return run(lambda: _command(args))
+
+
+def _command(args) -> int:
+    from .checkpoint import load_model
+
+    model = load_model(args.checkpoint)
+    if not isinstance(model, SegNet):
+        raise UserError("only the SegNet family exports to caffe-segnet files", args.checkpoint)
+    size = tuple(int(v) for v in args.input_size.split(","))
+    export_caffe(model, args.prototxt, args.caffemodel, size, args.bn_mode)
     print(f"wrote {args.prototxt} and {args.caffemodel}")
     return 0
 

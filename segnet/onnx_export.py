@@ -24,6 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from converter.errors import UserError
+
+from .cli import run
 from .nn import Unpool
 
 OPSET = 18
@@ -75,27 +78,27 @@ def onnx_session(path: str | Path, threads: int | None = None):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .checkpoint import load_model
-    from .models import SegNet
-    from .weights import architecture_of, load_caffe_weights
-
     p = argparse.ArgumentParser(prog="python -m segnet.onnx_export", description=__doc__.splitlines()[0])
     p.add_argument("model", help="segnet checkpoint or converted Caffe net (.pt)")
     p.add_argument("output", help="ONNX file to write")
     p.add_argument("--input-size", default="360,480", help="H,W (default 360,480)")
     args = p.parse_args(argv)
-    try:
-        model = load_model(args.model)
-        if hasattr(model, "steps"):  # a converted Caffe net: use the readable model of its architecture
-            arch = architecture_of(model)
-            if arch is None:
-                raise ValueError(f"{args.model}: not a SegNet or SegNet-Basic net")
-            model = load_caffe_weights(SegNet(arch), model)
-        size = tuple(int(v) for v in args.input_size.split(","))
-        export_onnx(model, args.output, size)
-    except (ValueError, FileNotFoundError, ImportError) as exc:
-        print(f"error: {exc}".splitlines()[0], file=sys.stderr)
-        return 2
+    return run(lambda: _command(args))
+
+
+def _command(args) -> int:
+    from .checkpoint import load_model
+    from .models import SegNet
+    from .weights import architecture_of, load_caffe_weights
+
+    model = load_model(args.model)
+    if hasattr(model, "steps"):  # a converted Caffe net: use the readable model of its architecture
+        arch = architecture_of(model)
+        if arch is None:
+            raise UserError("not a SegNet or SegNet-Basic net", args.model)
+        model = load_caffe_weights(SegNet(arch), model)
+    size = tuple(int(v) for v in args.input_size.split(","))
+    export_onnx(model, args.output, size)
     print(f"wrote {args.output}")
     return 0
 

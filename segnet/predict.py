@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .camvid import CamVidError, colorize, load_image, resize_nearest
+from .cli import run
+from .camvid import colorize, load_image, resize_nearest
 from .checkpoint import load_model
 from .evaluate import labels_from_output
 
@@ -61,23 +62,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--labels", action="store_true", help="also write <name>_labels.png with class ids (11 = void)")
     p.add_argument("--mc-samples", type=int, default=0, help="Monte-Carlo dropout samples (Bayesian models)")
     args = p.parse_args(argv)
-    try:
-        model = load_model(args.model)
-        size = tuple(int(v) for v in args.size.split(",")) if args.size else None
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        for path in args.images:
-            labels = predict_labels(model, path, size, args.mc_samples)
-            stem = Path(path).stem
-            Image.fromarray(colorize(labels)).save(out / f"{stem}_segmentation.png")
-            if args.labels:
-                Image.fromarray(labels).save(out / f"{stem}_labels.png")
-            counts = np.bincount(labels.ravel(), minlength=12)
-            print(f"{path}: wrote {out / (stem + '_segmentation.png')} ({labels.shape[0]}x{labels.shape[1]}, "
-                  f"{int((counts > 0).sum())} classes present)")  # fmt: skip
-    except (CamVidError, FileNotFoundError, ValueError, OSError) as exc:
-        print(f"error: {exc}".splitlines()[0], file=sys.stderr)
-        return 2
+    return run(lambda: _command(args))
+
+
+def _command(args: argparse.Namespace) -> int:
+    model = load_model(args.model)
+    size = tuple(int(v) for v in args.size.split(",")) if args.size else None
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for path in args.images:
+        labels = predict_labels(model, path, size, args.mc_samples)
+        stem = Path(path).stem
+        Image.fromarray(colorize(labels)).save(out / f"{stem}_segmentation.png")
+        if args.labels:
+            Image.fromarray(labels).save(out / f"{stem}_labels.png")
+        counts = np.bincount(labels.ravel(), minlength=12)
+        print(f"{path}: wrote {out / (stem + '_segmentation.png')} ({labels.shape[0]}x{labels.shape[1]}, "
+              f"{int((counts > 0).sum())} classes present)")  # fmt: skip
     return 0
 
 

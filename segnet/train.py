@@ -31,7 +31,9 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from .camvid import CamVidError
+from converter.errors import UserError
+
+from .cli import run
 from .checkpoint import load_model, save_model
 from .class_weights import BALANCINGS, class_weights
 from .data import CamVidDataset
@@ -40,6 +42,10 @@ from .metrics import confusion_matrix, global_accuracy
 from .nn import CaffeBN, convert_bn
 from .registry import MODEL_NAMES, build_model
 from .weights import load_caffe_weights
+
+
+class TrainingDiverged(UserError):
+    """The loss stopped being a finite number (learning rate too high for this model and data)."""
 
 
 @dataclass
@@ -226,7 +232,7 @@ def train(cfg: TrainConfig) -> dict:
             logits = net(images)
         loss = segnet_loss(logits, labels, weights)
         if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"loss became {loss.item()} at iteration {iteration}")
+            raise TrainingDiverged(f"loss became {loss.item()} at iteration {iteration} (try a smaller --lr)")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -308,12 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    cfg = TrainConfig(**vars(args))
-    try:
-        summary = train(cfg)
-    except (CamVidError, FileNotFoundError, ValueError, FloatingPointError) as exc:
-        print(f"error: {exc}".splitlines()[0], file=sys.stderr)
-        return 2
+    return run(lambda: _command(TrainConfig(**vars(args))))
+
+
+def _command(cfg: TrainConfig) -> int:
+    summary = train(cfg)
     if summary["best"]["accuracy"] >= 0:
         print(f"best validation global accuracy {summary['best']['accuracy']:.4f} at iteration "
               f"{summary['best']['iteration']}; model in {Path(cfg.out) / 'best.pt'}")  # fmt: skip

@@ -224,13 +224,14 @@ def parameter_table() -> str:
     return "\n".join(lines) + "\n\n" + NOTES
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     argparse.ArgumentParser(
         prog="python -m segnet.variants",
         description="Print the trainable parameter counts of the paper's Table 1 decoder variants beside the paper's.",
     ).parse_args(argv)
     print(parameter_table())
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

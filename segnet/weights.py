@@ -19,13 +19,22 @@ from torch import nn
 
 import converter
 from converter import CaffeNet
+from converter.errors import UserError
 
 from .models import SEGNET, SEGNET_BASIC, Architecture
 from .nn import CaffeBN
 
 
-class WeightMismatchError(ValueError):
-    """The weights do not fit the model; the message lists every problem found."""
+class WeightMismatchError(UserError):
+    """The weights do not fit the model: one line naming the first problem and how many more.
+
+    ``problems`` lists every problem found, one string per layer.
+    """
+
+    def __init__(self, problems: list[str], source: str | Path | None = None):
+        self.problems = list(problems)
+        more = f"; and {len(problems) - 1} more" if len(problems) > 1 else ""
+        super().__init__(f"weights do not fit the model: {problems[0]}{more}", source)
 
 
 def architecture_of(net: CaffeNet) -> Architecture | None:
@@ -79,7 +88,7 @@ def load_caffe_weights(
     missing = sorted(expected - loaded)
     problems += [f"{name}: in the model, not in the weights" for name in missing]
     if problems and strict:
-        raise WeightMismatchError("weights do not fit the model:\n  " + "\n  ".join(problems))
+        raise WeightMismatchError(problems, source if isinstance(source, (str, Path)) else None)
     return model
 
 

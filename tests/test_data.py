@@ -268,7 +268,7 @@ def test_class_weights_command_on_camvid(camvid_dir: Path, capsys) -> None:
 
 
 def test_class_weights_command_error(tmp_path: Path, capsys) -> None:
-    assert class_weights.main(["--data", str(tmp_path / "none")]) == 1
+    assert class_weights.main(["--data", str(tmp_path / "none")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: CamVid folder not found") and err.count("\n") == 1
 

@@ -172,7 +172,7 @@ def test_command_with_model(tiny_camvid: Path, capsys, monkeypatch) -> None:
 )  # fmt: skip
 def test_command_bad_input_is_one_line(tiny_camvid: Path, tmp_path: Path, capsys, make_args, message) -> None:
     code, out, err = _run(capsys, *make_args(tiny_camvid, tmp_path))
-    assert code == 1
+    assert code == 2
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err
 
 
@@ -181,21 +181,21 @@ def test_command_missing_or_bad_prediction_png(tiny_camvid: Path, tmp_path: Path
     preds.mkdir()
     Image.fromarray(_label(0)).save(preds / "a.png")
     code, _, err = _run(capsys, "--data", str(tiny_camvid), "--predictions", str(preds))
-    assert code == 1 and f"missing prediction {preds / 'b.png'} (2 of 3 images have none)" in err
+    assert code == 2 and f"missing prediction {preds / 'b.png'} (2 of 3 images have none)" in err
     Image.fromarray(np.full((12, 33), 200, dtype=np.uint8)).save(preds / "b.png")
     Image.fromarray(_label(0)).save(preds / "c.png")
     code, _, err = _run(capsys, "--data", str(tiny_camvid), "--predictions", str(preds))
-    assert code == 1 and "prediction file" in err and "b.png has value 200" in err
+    assert code == 2 and "prediction file" in err and "b.png has value 200" in err
     assert err.count("\n") == 1
 
 
 def test_command_model_errors(tiny_camvid: Path, tmp_path: Path, capsys) -> None:
     code, _, err = _run(capsys, "--data", str(tiny_camvid), "--model", str(tmp_path / "net.pt"))
-    assert code == 1 and "cannot load model" in err and "no such file" in err and err.count("\n") == 1
+    assert code == 2 and "net.pt: no such file" in err and err.count("\n") == 1
     not_a_model = tmp_path / "other.pt"
     torch.save({"weights": torch.zeros(2)}, not_a_model)
     code, _, err = _run(capsys, "--data", str(tiny_camvid), "--model", str(not_a_model))
-    assert code == 1 and "neither a segnet model checkpoint nor a converted Caffe net" in err
+    assert code == 2 and "neither a segnet model checkpoint nor a converted Caffe net" in err
     assert err.count("\n") == 1
 
 

@@ -102,12 +102,16 @@ def test_weight_mismatches_are_all_listed(oracle_dir):
     net = converter.convert(oracle_dir / "segnet_basic_inference.prototxt", oracle_dir / "segnet_basic.caffemodel")
     with pytest.raises(WeightMismatchError) as info:
         load_caffe_weights(segnet_basic(num_classes=5), net)
-    assert "conv_classifier: weight shape [11, 64, 1, 1] in the weights, [5, 64, 1, 1] in the model" in str(info.value)
+    # one line: the first problem in full
+    assert str(info.value) == ("weights do not fit the model: conv_classifier: weight shape [11, 64, 1, 1] in the "
+                               "weights, [5, 64, 1, 1] in the model; and 1 more")  # fmt: skip
     with pytest.raises(WeightMismatchError) as info:
         load_caffe_weights(segnet(), net)
     message = str(info.value)
-    assert "conv_decode4: in the weights, not in the model" in message
-    assert "conv5_3_D: in the model, not in the weights" in message
+    assert "\n" not in message and message.startswith("weights do not fit the model: conv1: ")
+    assert f"; and {len(info.value.problems) - 1} more" in message
+    assert "conv_decode4: in the weights, not in the model" in info.value.problems
+    assert "conv5_3_D: in the model, not in the weights" in info.value.problems
 
 
 # ---------------------------------------------------------------- BN

@@ -1,0 +1,58 @@
+"""What every command of the project shares: the error path and a few option types.
+
+Each command's ``main`` runs its body through :func:`run`, which is
+``converter.run_command`` (a :class:`~converter.UserError` becomes one line,
+``error: ...``, and exit status 2) plus one translation: a file-system error
+(a missing input, an unwritable output folder) is the user's to fix, so it
+becomes a ``UserError`` naming the file instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Callable
+
+from converter.errors import UserError, run_command
+
+Size = tuple[int, int]  # (height, width)
+
+
+def run(body: Callable[[], int | None], prog: str | None = None) -> int:
+    """Run a command's body with the shared error path; returns the exit status."""
+
+    def guarded() -> int | None:
+        try:
+            return body()
+        except OSError as exc:
+            raise UserError(exc.strerror or str(exc), exc.filename) from None
+
+    return run_command(guarded, prog)
+
+
+def parse_size(text: str) -> Size:
+    """An ``H,W`` (or ``HxW``) option value as (height, width)."""
+    parts = text.replace("x", ",").split(",")
+    try:
+        height, width = (int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected H,W (two positive integers), got {text!r}") from None
+    if height < 1 or width < 1:
+        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
+    return height, width
+
+
+def positive_int(text: str) -> int:
+    """An option value that must be an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def add_progress_flag(parser: argparse.ArgumentParser) -> None:
+    """``--no-progress``: hide progress bars (results and messages still print)."""
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="hide progress bars (results and messages still print)")  # fmt: skip
