@@ -72,16 +72,29 @@ class Power(CaffeLayer):
 
 @register("Exp")
 class Exp(CaffeLayer):
-    """y = base ^ (shift + scale * x); base -1 means e."""
+    """y = base ^ (shift + scale * x); base -1 means e, as caffe-segnet computes it.
+
+    Caffe evaluates ``outer * exp(ln(base) * scale * x)`` with ``outer = 1``
+    when shift is 0 and ``pow(base, shift)`` otherwise, taking base -1
+    literally there: base -1 (e) with shift 1 gives -exp(scale * x), an even
+    shift gives exp(scale * x). A non-integer shift with base -1 makes outer
+    NaN (and the output depends on the BLAS), so it is refused.
+    """
 
     def __init__(self, param, bottom_shapes, phase):
         super().__init__(param, bottom_shapes, phase)
         p = param.exp_param
-        self.log_base = 1.0 if p.base == -1 else math.log(p.base)
-        self.scale, self.shift = p.scale, p.shift
+        if p.base != -1 and p.base <= 0:
+            raise self.fail(f"base must be positive (or -1 for e), got {p.base}")
+        if p.base == -1 and p.shift != int(p.shift):
+            raise self.fail(f"base -1 (e) with shift {p.shift}: caffe-segnet scales by pow(-1, {p.shift}) = NaN "
+                            "here; for e^(shift + scale * x) give the base as a number (base: 2.718281828)")  # fmt: skip
+        self.inner = (1.0 if p.base == -1 else math.log(p.base)) * p.scale
+        self.outer = 1.0 if p.shift == 0 else math.pow(p.base, p.shift)
 
     def forward(self, x):
-        return (torch.exp(self.log_base * (self.shift + self.scale * x)),)
+        y = torch.exp(x * self.inner if self.inner != 1 else x)
+        return ((y * self.outer if self.outer != 1 else y),)
 
 
 @register("Log")
