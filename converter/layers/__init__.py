@@ -1,6 +1,9 @@
 """Caffe layer types, one module per family; importing this package registers them all."""
 
-from . import accuracy, activation, batchnorm, conv, dropout, lrn, pooling, softmax, structure, upsample  # noqa: F401
+from . import (  # noqa: F401
+    accuracy, activation, batchnorm, conv, dropout, filter, im2col, lrn, mvn, pooling, prelu, reduction, softmax,
+    spp, structure, upsample,
+)  # fmt: skip
 from .base import LAYER_TYPES, CaffeLayer, Shape, register
 from .data import DATA_LAYER_TYPES, DEFAULT_IMAGE_SIZE, implied_input_shapes
 
