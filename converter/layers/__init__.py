@@ -1,7 +1,7 @@
 """Caffe layer types, one module per family; importing this package registers them all."""
 
 from . import (  # noqa: F401
-    accuracy, activation, batchnorm, conv, dropout, filter, im2col, losses, lrn, mvn, pooling, prelu, reduction, softmax,
+    accuracy, activation, batchnorm, conv, dropout, dummy_data, filter, im2col, losses, lrn, mvn, pooling, prelu, reduction, softmax,
     spp, structure, upsample,
 )  # fmt: skip
 from .base import LAYER_TYPES, CaffeLayer, Shape, register

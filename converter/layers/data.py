@@ -3,6 +3,10 @@
 The network is fed by the caller, so a data layer contributes only the names
 and shapes of its tops. Shapes come from the layer's parameters where they
 tell them (batch size, resize target, crop), and otherwise from the caller.
+A Python layer counts as a data layer only without bottoms (a data source);
+with bottoms it runs user code on the net's blobs and is refused (see
+refused.py). DummyData computes its blobs from fillers: a layer of its own
+(dummy_data.py).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from caffe_proto import caffe_pb2
 from ..errors import CaffeFormatError
 
 DATA_LAYER_TYPES = {
-    "Data", "ImageData", "DenseImageData", "HDF5Data", "MemoryData", "WindowData", "DummyData", "Input", "Python",
+    "Data", "ImageData", "DenseImageData", "HDF5Data", "MemoryData", "WindowData", "Input", "Python",
 }  # fmt: skip
 
 #: The image size SegNet's CamVid models were trained at, used when a data
@@ -31,15 +35,6 @@ def implied_input_shapes(
         if len(shapes) not in (1, len(tops)):
             raise CaffeFormatError(f"{len(shapes)} shapes for {len(tops)} tops", layer=layer.name)
         return {t: tuple(shapes[min(i, len(shapes) - 1)].dim) for i, t in enumerate(tops)}
-    if kind == "DummyData":
-        p = layer.dummy_data_param
-        if p.shape:
-            shapes = [tuple(s.dim) for s in p.shape]
-        else:
-            shapes = [tuple(v) for v in zip(p.num, p.channels, p.height, p.width)]
-        if len(shapes) not in (1, len(tops)):
-            raise CaffeFormatError(f"{len(shapes)} shapes for {len(tops)} tops", layer=layer.name)
-        return {t: shapes[min(i, len(shapes) - 1)] for i, t in enumerate(tops)}
     if kind == "MemoryData":
         p = layer.memory_data_param
         shapes = [(p.batch_size, p.channels, p.height, p.width), (p.batch_size, 1, 1, 1)]
