@@ -21,7 +21,7 @@ from torch import nn
 from caffe_proto import caffe_pb2
 
 from .errors import CaffeFormatError
-from .layers import DATA_LAYER_TYPES, DEFAULT_IMAGE_SIZE, LAYER_TYPES, CaffeLayer, Shape, implied_input_shapes
+from .layers import DATA_LAYER_TYPES, DEFAULT_IMAGE_SIZE, LAYER_TYPES, CaffeLayer, Shape, implied_input_shapes, refusal
 from .prototxt import layers_for_phase, net_to_text, phase_value
 from .weights import CaffeWeights
 
@@ -80,6 +80,9 @@ class CaffeNet(nn.Module):
         layers = layers_for_phase(net, self.phase)
         unknown: dict[str, list[str]] = {}
         for layer in layers:
+            reason = refusal(layer)
+            if reason:
+                raise CaffeFormatError(reason, layer=layer.name)
             if layer.type not in LAYER_TYPES and layer.type not in DATA_LAYER_TYPES:
                 unknown.setdefault(layer.type or "<no type>", []).append(layer.name)
         if unknown:
