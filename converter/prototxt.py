@@ -81,7 +81,13 @@ def parse_net_text(text: str, source: str | Path = "<text>") -> caffe_pb2.NetPar
     try:
         text_format.Parse(text, net)
     except text_format.ParseError as exc:
-        raise CaffeFormatError(f"not a valid net prototxt: {exc}", source) from None
+        solver = caffe_pb2.SolverParameter()
+        try:  # a solver given where a net belongs: say so, and name the net it points to
+            text_format.Parse(text, solver)
+        except text_format.ParseError:
+            raise CaffeFormatError(f"not a valid net prototxt: {exc}", source) from None
+        points = f"its net is '{solver.net}': give that file" if solver.net else "it names no net file"
+        raise CaffeFormatError(f"a solver prototxt, not a net definition ({points})", source) from None
     return normalise_net(net, source)
 
 
