@@ -107,7 +107,7 @@ def _load_readable(name: str, weights_dir: str):
 
 def _input(size=(360, 480)) -> torch.Tensor:
     if IMAGE.exists():
-        from segnet.camvid import load_image
+        from segnet.imageio import load_image
 
         return torch.from_numpy(load_image(IMAGE, size))[None]
     return torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(0)) * 255
@@ -189,7 +189,7 @@ def _train_row(kind: str, name: str, weights_dir: str, repeats: int) -> dict:
         start = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             logits = model(x)
-        loss = segnet_loss(logits, labels)
+        loss = segnet_loss(logits, labels, ignore_index=11)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -233,7 +233,7 @@ def prepare_weights(name: str, folder: Path) -> str:
                 m.running_var.uniform_(0.5, 2)
         convert_bn(model, "inference")
         source = "random weights"
-    save_model(folder / f"{name}.pt", model, name)
+    save_model(folder / f"{name}.pt", model)
     export_caffe(model, folder / f"{name}.prototxt", folder / f"{name}.caffemodel")
     return source
 
@@ -241,7 +241,7 @@ def prepare_weights(name: str, folder: Path) -> str:
 @torch.inference_mode()
 def bf16_agreement(name: str, camvid: Path, count: int = 50) -> dict[str, float]:
     """Fraction of pixels whose bf16 argmax equals the fp32 argmax, over CamVid test images."""
-    from segnet.data import CamVidDataset
+    from segnet.data import SegmentationDataset
     from segnet.inference import optimize_for_inference
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -249,7 +249,7 @@ def bf16_agreement(name: str, camvid: Path, count: int = 50) -> dict[str, float]
         model = _load_readable(name, tmp).eval()
     paths = {mode: optimize_for_inference(model, channels_last=True, bf16=mode) for mode in (True, "decoder")}
     same, total = {mode: 0 for mode in paths}, 0
-    for image, _ in CamVidDataset(camvid, "test", limit=count):
+    for image, _ in SegmentationDataset(camvid, "test", limit=count):
         x = image[None]
         reference = model(x).argmax(1)
         for mode, fast in paths.items():

@@ -21,8 +21,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from segnet.camvid import list_samples, read_label  # noqa: E402
+from segnet.imageio import read_label  # noqa: E402
+from segnet.labels import get_label_space  # noqa: E402
 from segnet.metrics import SegmentationMetrics  # noqa: E402
+from segnet.splits import list_samples  # noqa: E402
+
+CAMVID = get_label_space("camvid")
 
 
 def shifted(label: np.ndarray, dy: int, dx: int) -> np.ndarray:
@@ -34,7 +38,7 @@ def shifted(label: np.ndarray, dy: int, dx: int) -> np.ndarray:
 
 def run(labels: list[np.ndarray], preds: list[np.ndarray], workers: int) -> tuple[float, dict]:
     start = time.perf_counter()
-    with SegmentationMetrics(workers=workers) as metrics:
+    with SegmentationMetrics(CAMVID, workers=workers) as metrics:
         for gt, pred in zip(labels, preds):
             metrics.add(gt, pred)
         summary = metrics.summary()
@@ -51,7 +55,7 @@ def main() -> int:
     args = parser.parse_args()
 
     start = time.perf_counter()
-    labels = [read_label(s.label) for s in list_samples(args.data, args.split)]
+    labels = [read_label(s.label, CAMVID) for s in list_samples(args.data, args.split)]
     load = time.perf_counter() - start
     preds = [shifted(label, *args.shift) for label in labels]
     print(f"CamVid {args.split}: {len(labels)} images of {labels[0].shape[0]}x{labels[0].shape[1]}, "

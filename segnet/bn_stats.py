@@ -42,10 +42,12 @@ from converter.writer import save_caffemodel
 
 from caffe_proto import caffe_pb2
 
-from .cli import add_progress_flag
+from .cli import add_data_option, add_progress_flag, data_root, parse_size
 from .cli import run as run_command
-from .checkpoint import load_model, model_name, save_model
-from .data import CamVidDataset
+from .caffe_graph import declared_input_size, num_outputs
+from .checkpoint import load_model, save_model
+from .data import SegmentationDataset
+from .labels import label_space_for
 from .nn import CaffeBN, convert_bn
 
 
@@ -130,10 +132,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("model", help="a converted Caffe net (.pt), a segnet checkpoint, or a prototxt (then give --caffemodel)")
     p.add_argument("--caffemodel", help="weights for a prototxt given as MODEL")
-    p.add_argument("--data", required=True, help="CamVid root")
+    add_data_option(p)
+    p.add_argument("--labels", help="label space of the data's labels: a name, a class count or a JSON file "
+                   "(default: the model's)")  # fmt: skip
     p.add_argument("--split", default="train", help="split to gather statistics on (default train)")
     p.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default 4, as SegNet-Tutorial's training nets)")
-    p.add_argument("--image-size", help="H,W to resize images to (default: as stored)")
+    p.add_argument("--image-size", type=parse_size, metavar="H,W",
+                   help="resize images to this (default: the size the model declares, else as stored)")
     p.add_argument("--unbiased-variance", action="store_true", help="apply the m/(m-1) correction (not in the released weights)")
     p.add_argument("--limit", type=int, help="use only the first N images")
     add_progress_flag(p)
@@ -155,8 +160,9 @@ def _command(args: argparse.Namespace) -> int:
         model = load_model(args.model)
     if not isinstance(model, CaffeNet) and not _learn_bns(model):
         convert_bn(model, "learn")  # PyTorch BatchNorm: use batch statistics, keep gamma and beta
-    size = tuple(int(v) for v in args.image_size.split(",")) if args.image_size else None
-    dataset = CamVidDataset(args.data, args.split, size=size, limit=args.limit)
+    size = args.image_size or declared_input_size(model)
+    space, _ = label_space_for(args.labels, num_outputs(model), getattr(model, "label_space", None))
+    dataset = SegmentationDataset(data_root(args.data), args.split, size=size, label_space=space, limit=args.limit)
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=False)
     run = _caffe_runner(model) if isinstance(model, CaffeNet) else (lambda batch: model(batch[0]))
     stats = compute_bn_statistics(model, loader, args.unbiased_variance, progress=args.progress,
@@ -170,7 +176,7 @@ def _command(args: argparse.Namespace) -> int:
             converter.save(model, out)
     else:
         meta = {"bn_statistics": {"split": args.split, "images": len(dataset), "unbiased": args.unbiased_variance}}
-        save_model(out, model, model_name(args.model), meta)
+        save_model(out, model, meta)
     print(f"folded statistics of {len(stats)} BN layer(s) over {len(dataset)} images into {out}")
     return 0
 

@@ -39,8 +39,6 @@ import numpy as np
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import maximum_flow
 
-from segnet.camvid import NUM_CLASSES
-
 BF_TOLERANCE = 0.0075  # fraction of the image diagonal
 
 
@@ -68,7 +66,7 @@ def seg2bdry(mask: np.ndarray) -> np.ndarray:
     return bdry
 
 
-def class_boundaries(label: np.ndarray, num_classes: int = NUM_CLASSES) -> list[np.ndarray]:
+def class_boundaries(label: np.ndarray, num_classes: int) -> list[np.ndarray]:
     """Flat pixel indices of ``seg2bdry(label == c)`` for every class c, sorted.
 
     Equal to running :func:`seg2bdry` once per class, but touches the image
@@ -212,7 +210,7 @@ class BoundaryCounts:
 def boundary_counts(
     gt: np.ndarray,
     pred: np.ndarray,
-    num_classes: int = NUM_CLASSES,
+    num_classes: int,
     tolerance: float = BF_TOLERANCE,
 ) -> BoundaryCounts:
     """Boundary pixel counts of each class for one gt/prediction pair.
@@ -243,7 +241,7 @@ def boundary_counts(
 def boundary_f1(
     gt: np.ndarray,
     pred: np.ndarray,
-    num_classes: int = NUM_CLASSES,
+    num_classes: int,
     tolerance: float = BF_TOLERANCE,
 ) -> float:
     """The BF score of one image (see the module docstring)."""

@@ -1,10 +1,13 @@
 """Model checkpoints: the one place where model files are opened.
 
 A model checkpoint is a plain dict that ``torch.load(..., weights_only=True)``
-opens: {"format": "segnet-model", "version": 1, "model": <name>,
-"num_classes", "bn": <BN kind per module>, "state_dict", "meta": {...}}.
-``load_model`` also accepts a checkpoint written by ``python -m converter``
-(a Caffe net), so every command takes either.
+opens: {"format": "segnet-model", "version": 1, "model": <registry name>,
+"num_classes", "bn": <BN kind per module>, "architecture": <SegNet family
+only>, "state_dict", "label_space", "input_size", "meta": {...}}; a converted
+graph trained as it is has "model": "caffe-net" and "net": {"prototxt",
+"phase", "input_shapes"} instead. ``load_model`` also accepts a checkpoint
+written by ``python -m converter`` (a Caffe net), so every command takes
+either.
 
 Files of the wrong kind (a prototxt, a caffemodel, an image, anything else)
 are recognised from their first bytes and refused with a one-line
@@ -13,6 +16,7 @@ are recognised from their first bytes and refused with a one-line
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +24,20 @@ import torch
 from torch import nn
 
 import converter
+from converter import CaffeNet, parse_net_text
 from converter.checkpoint import atomic_torch_save
 from converter.errors import UserError
 
+from .caffe_graph import CaffeSegmenter, declared_input_size
+from .labels import LabelSpace
+from .models import Architecture, SegNet
 from .nn import CaffeBN
 from .registry import build_model
 
 FORMAT = "segnet-model"
+VERSION = 1
 CONVERTED_FORMAT = "caffe-net"  # what python -m converter writes
+GRAPH = "caffe-net"  # the "model" of a segnet checkpoint holding a converted graph trained as it is
 
 
 class CheckpointError(UserError):
@@ -102,34 +112,79 @@ def bn_layout(model: nn.Module) -> dict[str, str]:
     return kinds
 
 
-def save_model(path: str | Path, model: nn.Module, name: str, meta: dict[str, Any] | None = None) -> None:
-    """Write ``model`` (built by ``build_model(name)``) atomically."""
+def apply_bn_layout(model: nn.Module, layout: dict[str, str]) -> nn.Module:
+    """Give ``model`` the BN kinds of ``layout`` (from :func:`bn_layout`); returns ``model``."""
+    modules = dict(model.named_modules())
+    for name, kind in layout.items():
+        if kind != "pytorch" and name in modules:
+            parent, _, attr = name.rpartition(".")
+            owner = model.get_submodule(parent) if parent else model
+            setattr(owner, attr, CaffeBN(modules[name].num_features, kind))
+    return model
+
+
+def save_model(path: str | Path, model: nn.Module, meta: dict[str, Any] | None = None,
+               label_space: LabelSpace | None = None, input_size: tuple[int, int] | None = None) -> None:  # fmt: skip
+    """Write ``model`` atomically: a registry model, any SegNet-family model, or a converted graph.
+
+    ``label_space`` and ``input_size`` (what the model was trained for) go
+    with it, so that every command uses them without being told.
+    """
     model = getattr(model, "module", model)  # unwrap DistributedDataParallel
-    payload = {
-        "format": FORMAT,
-        "version": 1,
-        "model": name,
-        "num_classes": int(getattr(model, "num_classes", 11)),
-        "bn": bn_layout(model),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "meta": dict(meta or {}),
-    }
+    label_space = label_space or getattr(model, "label_space", None)
+    input_size = input_size or declared_input_size(model)
+    payload: dict[str, Any] = {"format": FORMAT, "version": VERSION}
+    if isinstance(model, (CaffeSegmenter, CaffeNet)):
+        net = model.net if isinstance(model, CaffeSegmenter) else model
+        payload["model"] = GRAPH
+        payload["net"] = {"prototxt": net.prototxt, "phase": net.phase,
+                          "input_shapes": {k: list(v) for k, v in net.input_shapes.items() if v is not None}}  # fmt: skip
+        state = net.state_dict()
+    else:
+        name = getattr(model, "registry_name", None)
+        if isinstance(model, SegNet):
+            payload["architecture"] = asdict(model.arch)
+            name = name or "segnet-family"
+        if name is None:
+            raise ValueError(f"cannot save a {type(model).__name__}: not built by segnet.registry.build_model")
+        payload.update(model=name, num_classes=int(model.num_classes), bn=bn_layout(model))
+        state = model.state_dict()
+    payload["state_dict"] = {k: v.detach().cpu() for k, v in state.items()}
+    payload["label_space"] = label_space.to_dict() if label_space is not None else None
+    payload["input_size"] = list(input_size) if input_size else None
+    payload["meta"] = dict(meta or {})
     atomic_torch_save(payload, path)
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
-    """A model from a segnet checkpoint, or a converted Caffe net from a converter checkpoint."""
+    """The model of a segnet checkpoint, or the ``CaffeNet`` of a converter checkpoint (evaluation mode).
+
+    A segnet checkpoint's label space and input size come back as the
+    model's ``label_space`` and ``input_size`` attributes.
+    """
     payload = read_checkpoint(path, map_location)
     if payload["format"] == CONVERTED_FORMAT:
         return converter.load(path, map_location=map_location).eval()
     try:
-        model = build_model(payload["model"], num_classes=payload["num_classes"])
-        for name, kind in payload["bn"].items():
-            if kind != "pytorch":
-                parent, _, attr = name.rpartition(".")
-                owner = model.get_submodule(parent) if parent else model
-                setattr(owner, attr, CaffeBN(getattr(owner, attr).num_features, kind))
+        if payload["model"] == GRAPH:
+            spec = payload["net"]
+            model = CaffeNet(parse_net_text(spec["prototxt"], path), phase=spec["phase"],
+                             input_shapes={k: tuple(v) for k, v in spec["input_shapes"].items()})  # fmt: skip
+        elif "architecture" in payload:
+            arch = payload["architecture"]
+            arch = Architecture(**{k: tuple(map(tuple, v)) if k in ("encoder", "decoder") else
+                                   tuple(v) if isinstance(v, list) else v for k, v in arch.items()})  # fmt: skip
+            model = SegNet(arch, num_classes=payload["num_classes"])
+            model.registry_name = payload["model"]
+        else:
+            model = build_model(payload["model"], num_classes=payload["num_classes"])
+        if payload["model"] != GRAPH:
+            apply_bn_layout(model, payload["bn"])
         model.load_state_dict(payload["state_dict"])
+        if payload.get("label_space"):
+            model.label_space = LabelSpace.from_dict(payload["label_space"], path)
+        if payload.get("input_size"):
+            model.input_size = tuple(payload["input_size"])
     except (KeyError, AttributeError, RuntimeError, TypeError, ValueError) as exc:
         raise CheckpointError(f"damaged segnet checkpoint ({type(exc).__name__}: {exc})", path) from None
     return model.to(map_location).eval()

@@ -10,11 +10,38 @@ becomes a ``UserError`` naming the file instead of a traceback.
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 from typing import Callable
 
 from converter.errors import UserError, run_command
 
 Size = tuple[int, int]  # (height, width)
+
+#: The one environment variable that says where the reference data lives (CamVid/, oracle/, prototxt/);
+#: the tests and every script read it. Without it: a folder ``shared`` beside the project.
+SHARED_ENV = "SEGNET_SHARED"
+
+
+def shared_dir() -> Path:
+    """The reference data folder: ``$SEGNET_SHARED``, else ``../shared`` beside the project root."""
+    return Path(os.environ.get(SHARED_ENV) or Path(__file__).resolve().parents[2] / "shared")
+
+
+def data_root(given: str | None) -> str:
+    """``--data`` as given, else the reference data's CamVid, else a one-line error."""
+    if given:
+        return given
+    camvid = shared_dir() / "CamVid"
+    if camvid.is_dir():
+        return str(camvid)
+    raise UserError(f"no data set: give --data ROOT (or set {SHARED_ENV} to the folder that holds CamVid/)")
+
+
+def add_data_option(parser: argparse.ArgumentParser) -> None:
+    """``--data ROOT``, defaulting to the reference data's CamVid."""
+    parser.add_argument("--data", help="data root: list files (<split>.txt) or folders, see segnet.splits "
+                        f"(default: ${SHARED_ENV}/CamVid, else ../shared/CamVid)")  # fmt: skip
 
 
 def run(body: Callable[[], int | None], prog: str | None = None) -> int:

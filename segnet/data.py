@@ -1,9 +1,11 @@
-"""CamVid for torch: a Dataset of network inputs and labels.
+"""A data-set split for torch: a Dataset of network inputs and labels.
 
 Items are what caffe-segnet's DenseImageData layer fed SegNet (see
-:mod:`segnet.camvid`): BGR float images with values 0..255 and int64
-labels with 11 for void. Optional local contrast normalisation is here
-too, for experiments that want the paper's wording of the preprocessing.
+:mod:`segnet.imageio`): BGR float images with values 0..255 and int64
+label ids of a :class:`~segnet.labels.LabelSpace`. The split's files are
+found by :mod:`segnet.splits` (list files or folders). Optional local
+contrast normalisation is here too, for experiments that want the paper's
+wording of the preprocessing.
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ import torch
 from scipy import ndimage
 from torch.utils.data import Dataset
 
-from segnet.camvid import CamVidError, Sample, Size, list_samples, load_sample_u8
+from .imageio import DataError, load_pair_u8
+from .labels import LabelSpace, get_label_space
+from .resize import Size
+from .splits import Sample, list_samples
 
 
 # --------------------------------------------------------------------------
@@ -60,12 +65,12 @@ def local_contrast_normalize(
 # torch Dataset
 
 
-class CamVidDataset(Dataset):
-    """A CamVid split as (image, label) pairs for torch.
+class SegmentationDataset(Dataset):
+    """A split as (image, label) pairs for torch.
 
     Items are ``(image, label)``: image a 3xHxW float32 tensor in BGR order
     with values 0..255 (or LCN output with ``lcn=True``), label an HxW int64
-    tensor of class ids with 11 for void.
+    tensor of label ids (``label_space.void`` for void; default CamVid's).
 
     ``size`` = (new_height, new_width) resizes as DenseImageData did.
     ``in_memory=True`` decodes the whole split once and keeps it as uint8
@@ -78,6 +83,7 @@ class CamVidDataset(Dataset):
         root: str | Path,
         split: str = "train",
         size: Size | None = None,
+        label_space: LabelSpace | str = "camvid",
         lcn: bool = False,
         in_memory: bool = False,
         limit: int | None = None,
@@ -86,14 +92,15 @@ class CamVidDataset(Dataset):
         self.split = split
         self.size = size
         self.lcn = lcn
+        self.label_space = get_label_space(label_space)
         self.samples: list[Sample] = list_samples(root, split)[:limit]
         self.images: torch.Tensor | None = None
         self.labels: torch.Tensor | None = None
         if in_memory:
-            pairs = [load_sample_u8(s, size) for s in self.samples]
+            pairs = [self._read(s) for s in self.samples]
             shapes = {label.shape for _, label in pairs}
             if len(shapes) > 1:
-                raise CamVidError(
+                raise DataError(
                     f"in_memory needs one image size per split; {root}/{split} has {sorted(shapes)}"
                     " (pass size=(height, width))"
                 )
@@ -107,7 +114,10 @@ class CamVidDataset(Dataset):
         """(3xHxW uint8 BGR image, HxW uint8 label) of item ``index``."""
         if self.images is not None and self.labels is not None:
             return self.images[index].numpy(), self.labels[index].numpy()
-        return load_sample_u8(self.samples[index], self.size)
+        return self._read(self.samples[index])
+
+    def _read(self, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
+        return load_pair_u8(sample.image, sample.label, self.label_space, self.size)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image_u8, label_u8 = self.load_u8(index)

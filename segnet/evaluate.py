@@ -1,13 +1,19 @@
-"""Evaluate a segmentation model, or saved predictions, on a CamVid split.
+"""Evaluate a segmentation model, or saved predictions, on a data-set split.
 
-    python -m segnet.evaluate --data CAMVID_ROOT --split test \\
-        (--model converted.pt | --predictions DIR) [--out DIR] [--limit N] \\
-        [--compare-paper ROW] [--device cpu] [--batch-size N] [--workers N]
+    python -m segnet.evaluate --data ROOT --split test \\
+        (--model MODEL.pt | --predictions DIR) [--labels camvid] [--input-size H,W] \\
+        [--out DIR] [--limit N] [--compare-paper ROW] [--device cpu] [--batch-size N] [--workers N]
 
 Prints G, C, mIoU and BF (see :mod:`segnet.metrics`) and the per-class
-table; with ``--out`` also writes ``labels/<name>.png`` (class ids),
-``colour/<name>.png`` (CamVid palette) and ``report.json``. Prediction PNGs
-read with ``--predictions`` are named like the label files.
+table; with ``--out`` also writes ``labels/<name>.png`` (palette-mode PNGs:
+the pixel values are the label ids, shown in the label space's colours) and
+``report.json``. Prediction PNGs read with ``--predictions`` are named like
+the label files.
+
+Images are fed at the size the model declares (a converted net's input
+shape, or the size a segnet checkpoint was trained at), or ``--input-size``;
+predictions are scored at the labels' own size (nearest neighbour), as the
+paper's protocol does.
 
 The core, :func:`evaluate`, takes any callable ``model(images)`` that maps
 an Nx3xHxW float batch (BGR, 0..255, as caffe-segnet fed it) to scores
@@ -25,16 +31,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from converter.errors import UserError
 from segnet import checkpoint
 from segnet.boundary import BF_TOLERANCE
-from segnet.cli import add_progress_flag, run
-from segnet.camvid import CLASS_NAMES, NUM_CLASSES, VOID, CamVidError, colorize, read_label
-from segnet.data import CamVidDataset
+from segnet.caffe_graph import as_segmenter, declared_input_size, num_outputs
+from segnet.cli import add_data_option, add_progress_flag, data_root, parse_size, run
+from segnet.data import SegmentationDataset
+from segnet.imageio import read_label
+from segnet.labels import LabelSpace, label_space_for
 from segnet.metrics import SegmentationMetrics
 from segnet.paper import METRICS, SOURCE, PaperRow, paper_row
 
@@ -45,7 +52,7 @@ class EvaluationError(UserError):
     """A problem with the model, the predictions or the arguments."""
 
 
-def labels_from_output(output: Any, num_classes: int = NUM_CLASSES) -> torch.Tensor:
+def labels_from_output(output: Any, num_classes: int) -> torch.Tensor:
     """NxHxW int64 class ids from a model's output.
 
     A tensor is taken as NxCxHxW scores. A dict of named outputs (as a
@@ -85,8 +92,8 @@ def labels_from_output(output: Any, num_classes: int = NUM_CLASSES) -> torch.Ten
 
 
 def load_model(path: str | Path) -> torch.nn.Module:
-    """A converted Caffe net (``python -m converter``) or a trained segnet checkpoint."""
-    return checkpoint.load_model(path)
+    """A converted Caffe net (``python -m converter``) or a trained segnet checkpoint, ready to segment."""
+    return as_segmenter(checkpoint.load_model(path), probabilities=True)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -95,9 +102,10 @@ def _one_line(exc: BaseException) -> str:
 
 
 def model_predictions(
-    model: Model, dataset: CamVidDataset, batch_size: int = 1, device: str | torch.device = "cpu"
+    model: Model, dataset: SegmentationDataset, batch_size: int = 1, device: str | torch.device = "cpu"
 ) -> Iterator[np.ndarray]:
-    """Class-id maps (HxW uint8) of ``model`` on every image, in dataset order."""
+    """Label-id maps (HxW uint8) of ``model`` on every image, in dataset order, at the size the model made them."""
+    outputs = dataset.label_space.num_outputs
     if isinstance(model, torch.nn.Module):
         model = model.to(device).eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
@@ -109,21 +117,22 @@ def model_predictions(
             except Exception as exc:  # a failing model becomes one line, not a traceback
                 name = dataset.samples[done].name
                 raise EvaluationError(f"model failed on the batch starting at {name}: {_one_line(exc)}") from None
-            labels = labels_from_output(output)
+            labels = labels_from_output(output, outputs)
             if labels.shape[0] != images.shape[0]:
                 raise EvaluationError(
                     f"model returned {labels.shape[0]} predictions for a batch of {images.shape[0]} images"
                 )
-            if labels.numel() and (labels.min() < 0 or labels.max() > VOID):
+            if labels.numel() and (labels.min() < 0 or labels.max() >= outputs):
                 raise EvaluationError(
-                    f"model predicts class ids {labels.min().item()}..{labels.max().item()}; expected 0..{VOID}"
+                    f"model predicts class ids {labels.min().item()}..{labels.max().item()}; label space "
+                    f"{dataset.label_space.name} has ids 0..{outputs - 1}"
                 )
             for label in labels.cpu().numpy():
                 yield label.astype(np.uint8)
             done += images.shape[0]
 
 
-def saved_predictions(folder: str | Path, dataset: CamVidDataset) -> Iterator[np.ndarray]:
+def saved_predictions(folder: str | Path, dataset: SegmentationDataset) -> Iterator[np.ndarray]:
     """Prediction PNGs from ``folder``, named like the label files, in dataset order."""
     folder = Path(folder)
     if not folder.is_dir():
@@ -134,12 +143,12 @@ def saved_predictions(folder: str | Path, dataset: CamVidDataset) -> Iterator[np
             f"missing prediction {folder / missing[0]} ({len(missing)} of {len(dataset)} images have none)"
         )
     for sample in dataset.samples:
-        yield read_label(folder / sample.name, kind="prediction")
+        yield read_label(folder / sample.name, dataset.label_space, kind="prediction")
 
 
 def evaluate(
     predictions: Iterable[np.ndarray],
-    dataset: CamVidDataset,
+    dataset: SegmentationDataset,
     out: str | Path | None = None,
     workers: int = 1,
     progress: bool = False,
@@ -147,26 +156,27 @@ def evaluate(
 ) -> dict:
     """Score predictions (one HxW class-id map per dataset image, in order).
 
-    Writes ``labels/`` and ``colour/`` PNGs under ``out`` when given (the
-    caller writes the report). Returns :meth:`SegmentationMetrics.summary`
-    plus the confusion matrix and the per-image BF.
+    Ground truth is read from the label files at their own size, and each
+    prediction is brought to it first. Writes palette-mode ``labels/`` PNGs
+    under ``out`` when given (the caller writes the report). Returns
+    :meth:`SegmentationMetrics.summary` plus the confusion matrix and the
+    per-image BF.
     """
+    space = dataset.label_space
     out_dir = Path(out) if out is not None else None
     if out_dir is not None:
         (out_dir / "labels").mkdir(parents=True, exist_ok=True)
-        (out_dir / "colour").mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=len(dataset), desc="evaluating", unit="img", disable=not progress, file=sys.stderr)
-    with SegmentationMetrics(boundary=boundary, workers=workers) as metrics:
+    with SegmentationMetrics(space, boundary=boundary, workers=workers) as metrics:
         count = 0
         for index, pred in enumerate(predictions):
             if index >= len(dataset):
                 raise EvaluationError(f"got more predictions than the {len(dataset)} images")
             sample = dataset.samples[index]
-            gt = read_label(sample.label)
+            gt = read_label(sample.label, space)
             metrics.add(gt, pred, sample.name)
             if out_dir is not None:
-                Image.fromarray(pred).save(out_dir / "labels" / sample.name)
-                Image.fromarray(colorize(pred)).save(out_dir / "colour" / sample.name)
+                space.to_image(pred).save(out_dir / "labels" / sample.name)
             count += 1
             bar.update()
         bar.close()
@@ -174,7 +184,8 @@ def evaluate(
             raise EvaluationError(f"got {count} predictions for {len(dataset)} images")
         summary = metrics.summary()
         summary["confusion_matrix"] = metrics.confusion.tolist()
-        summary["confusion_columns"] = [*CLASS_NAMES, "void/other"]
+        summary["confusion_columns"] = [*space.class_names, "void/other"]
+        summary["label_space"] = space.name
         if boundary:
             summary["per_image_bf"] = dict(zip(metrics.names, metrics.image_bf().tolist()))
     return summary
@@ -182,7 +193,7 @@ def evaluate(
 
 def evaluate_model(
     model: Model,
-    dataset: CamVidDataset,
+    dataset: SegmentationDataset,
     batch_size: int = 1,
     device: str | torch.device = "cpu",
     **kwargs: Any,
@@ -204,26 +215,31 @@ def format_report(summary: dict, title: str, paper: PaperRow | None = None) -> s
         if paper is not None:
             line += f"{paper.values()[metric]:>8g}"
         lines.append(line)
-    lines += ["", f"{'class':<12}{'accuracy':>10}{'IoU':>8}{'BF':>8}"]
+    width = max([12] + [len(row["name"]) + 1 for row in summary["classes"]])
+    lines += ["", f"{'class':<{width}}{'accuracy':>10}{'IoU':>8}{'BF':>8}"]
     for row in summary["classes"]:
         bf = "-" if row["bf"] is None else f"{100 * row['bf']:.2f}"
         note = "" if row["present"] else "  (absent from gt)"
-        lines.append(f"{row['name']:<12}{100 * row['accuracy']:>10.2f}{100 * row['iou']:>8.2f}{bf:>8}{note}")
+        lines.append(f"{row['name']:<{width}}{100 * row['accuracy']:>10.2f}{100 * row['iou']:>8.2f}{bf:>8}{note}")
     return "\n".join(lines)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m segnet.evaluate",
-        description="Evaluate a model or saved predictions on CamVid with the SegNet paper's "
+        description="Evaluate a model or saved predictions on a data-set split with the SegNet paper's "
         "metrics (G, C, mIoU, BF).",
     )
-    parser.add_argument("--data", required=True, help="CamVid root folder")
+    add_data_option(parser)
     parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="a converted Caffe net (python -m converter) or a trained segnet checkpoint")
     source.add_argument("--predictions", help="folder of prediction PNGs named like the labels")
-    parser.add_argument("--out", help="folder for prediction PNGs, colour PNGs and report.json")
+    parser.add_argument("--labels", help="label space: a name (camvid, sun-rgbd), a class count or a JSON file "
+                        "(default: the model's, else camvid)")
+    parser.add_argument("--input-size", type=parse_size, metavar="H,W",
+                        help="resize images to this before the model (default: the size the model declares)")
+    parser.add_argument("--out", help="folder for prediction PNGs (palette mode) and report.json")
     parser.add_argument("--limit", type=int, help="evaluate only the first N images")
     parser.add_argument("--compare-paper", metavar="ROW", help="print this row of the paper's Table 1 beside ours")
     parser.add_argument("--device", default="cpu", help="torch device for --model (default: cpu)")
@@ -239,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _command(args: argparse.Namespace) -> int:
+    args.data = data_root(args.data)
     if args.limit is not None and args.limit < 1:
         raise EvaluationError("--limit must be at least 1")
     if args.batch_size < 1 or args.workers < 1:
@@ -247,7 +264,6 @@ def _command(args: argparse.Namespace) -> int:
         paper = paper_row(args.compare_paper) if args.compare_paper else None
     except KeyError as exc:
         raise EvaluationError(exc.args[0]) from None
-    dataset = CamVidDataset(args.data, args.split, limit=args.limit)
     if args.model:
         try:
             device = torch.device(args.device)
@@ -256,14 +272,21 @@ def _command(args: argparse.Namespace) -> int:
         if device.type == "cuda" and not torch.cuda.is_available():
             raise EvaluationError("--device cuda asked for, but torch sees no CUDA device")
         model = load_model(args.model)
+        space, note = label_space_for(args.labels, num_outputs(model), getattr(model, "label_space", None))
+        if note:
+            print(f"note: {note}", file=sys.stderr)
+        size = args.input_size or declared_input_size(model)
+        dataset = SegmentationDataset(args.data, args.split, size=size, label_space=space, limit=args.limit)
         predictions = model_predictions(model, dataset, args.batch_size, device)
-        source = {"model": str(args.model)}
+        source = {"model": str(args.model), "input_size": list(size) if size else None}
     else:
+        space, _ = label_space_for(args.labels, None)
+        dataset = SegmentationDataset(args.data, args.split, label_space=space, limit=args.limit)
         predictions = saved_predictions(args.predictions, dataset)
         source = {"predictions": str(args.predictions)}
     summary = evaluate(predictions, dataset, out=args.out, workers=args.workers, progress=args.progress)
     what = source.get("model") or source.get("predictions")
-    print(format_report(summary, f"CamVid {args.split}, {summary['images']} images, {what}", paper))
+    print(format_report(summary, f"{space.name} {args.split}, {summary['images']} images, {what}", paper))
     if args.out:
         report = {"data": str(args.data), "split": args.split, **source, "bf_tolerance": BF_TOLERANCE}
         report.update(summary)

@@ -10,6 +10,7 @@ pair back to the same outputs.
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +21,11 @@ from torch import nn
 from caffe_proto import caffe_pb2
 from converter.layers.pooling import pool_output_size
 from converter.atomic import atomic_write
+from converter import CaffeNet
 from converter.errors import UserError
-from converter.writer import write_caffemodel
+from converter.writer import save_caffemodel, write_caffemodel
 
-from .cli import run
+from .cli import add_progress_flag, parse_size, run
 
 from .models import DROPOUT_RATIO, SegNet
 from .nn import CaffeBN, bn_to_caffe
@@ -131,31 +133,52 @@ def export_caffe(
     write_caffemodel(caffemodel, entries, name=net.name)
 
 
-def main(argv: list[str] | None = None) -> int:
-    import argparse
+def export_graph(net: CaffeNet, prototxt: str | Path, caffemodel: str | Path) -> None:
+    """Write a converted (possibly fine-tuned) Caffe net back as its own prototxt and caffemodel."""
+    text = net.prototxt.encode("utf-8")
+    atomic_write(prototxt, lambda f: f.write(text))
+    save_caffemodel(net, caffemodel)
 
+
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m segnet.export",
-        description="Write a trained SegNet checkpoint as a caffe-segnet prototxt + caffemodel.",
-    )
-    p.add_argument("checkpoint", help="a segnet checkpoint (python -m segnet.train writes them)")
+        description="Write a model as a caffe-segnet prototxt + caffemodel.",
+        epilog="A SegNet-family model (a segnet checkpoint, or a converted net the readable models recognise) is "
+               "written with SegNet-Tutorial's layer names at the chosen BN mode; any other converted net, "
+               "fine-tuned or not, is written back as its own network definition.",
+    )  # fmt: skip
+    p.add_argument("checkpoint", help="a segnet checkpoint (python -m segnet.train) or a converted Caffe net")
     p.add_argument("--prototxt", required=True, help="network definition to write")
     p.add_argument("--caffemodel", required=True, help="weights to write")
-    p.add_argument("--input-size", default="360,480", help="H,W the prototxt declares (default 360,480)")
+    p.add_argument("--input-size", type=parse_size, metavar="H,W",
+                   help="H,W the prototxt declares (default: the size the model declares, else 360,480)")
     p.add_argument("--bn-mode", choices=["inference", "learn"], default="inference",
                    help="inference: fold BN statistics in (deployable, default); learn: batch-statistics BN")  # fmt: skip
+    add_progress_flag(p)
     args = p.parse_args(argv)
     return run(lambda: _command(args))
 
 
-def _command(args) -> int:
+def _command(args: argparse.Namespace) -> int:
+    from .caffe_graph import declared_input_size
     from .checkpoint import load_model
+    from .weights import readable_twin
 
     model = load_model(args.checkpoint)
-    if not isinstance(model, SegNet):
-        raise UserError("only the SegNet family exports to caffe-segnet files", args.checkpoint)
-    size = tuple(int(v) for v in args.input_size.split(","))
-    export_caffe(model, args.prototxt, args.caffemodel, size, args.bn_mode)
+    if isinstance(model, CaffeNet):
+        model = readable_twin(model) or model
+    if isinstance(model, CaffeNet):
+        if args.input_size and args.input_size != declared_input_size(model):
+            raise UserError("a converted net is written at the size it was built for; drop --input-size",
+                            args.checkpoint)  # fmt: skip
+        export_graph(model, args.prototxt, args.caffemodel)
+    elif isinstance(model, SegNet):
+        size = args.input_size or declared_input_size(model) or (360, 480)
+        export_caffe(model, args.prototxt, args.caffemodel, size, args.bn_mode)
+    else:
+        raise UserError(f"{type(model).__name__} does not export to caffe-segnet files (the SegNet family and "
+                        "converted nets do)", args.checkpoint)  # fmt: skip
     print(f"wrote {args.prototxt} and {args.caffemodel}")
     return 0
 

@@ -5,15 +5,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-VOID = 11
-
-
 def segnet_loss(
-    logits: torch.Tensor, labels: torch.Tensor, class_weights: torch.Tensor | None = None, ignore_index: int = VOID
+    logits: torch.Tensor, labels: torch.Tensor, class_weights: torch.Tensor | None = None, *, ignore_index: int
 ) -> torch.Tensor:
     """Class-weighted cross-entropy as caffe-segnet's SoftmaxWithLoss computes it.
 
-    loss = sum over non-void pixels of w[label] * -log p_label, divided by the
+    loss = sum over non-void pixels (label != ``ignore_index``, the label
+    space's void) of w[label] * -log p_label, divided by the
     number of non-void pixels (not by the sum of their weights, which is
     what ``F.cross_entropy(weight=..., reduction="mean")`` would do). A batch
     with no labelled pixel gives 0 rather than Caffe's 0/0.

@@ -1,10 +1,12 @@
-"""The SegNet paper's CamVid metrics: G, C, mIoU and BF.
+"""The SegNet paper's metrics: G, C, mIoU and BF.
 
 G, C and mIoU are pure functions of one data-set-level confusion matrix,
 computed as the paper's evaluation script computes them:
 
 * ``cm[i, j]`` counts pixels whose ground truth is class i (0..K-1) and
-  whose prediction is j. Pixels whose ground truth is void (11) are left
+  whose prediction is j. Classes are numbered 0..K-1 (a label space's
+  output ids without void, :meth:`~segnet.labels.LabelSpace.class_index`;
+  for CamVid the ids themselves). Pixels whose ground truth is void are left
   out entirely. Column K collects predictions that are not a class (void or
   any other value), so ``cm`` is K x (K+1).
 * G, global accuracy: correct pixels / all non-void pixels.
@@ -38,10 +40,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from segnet.boundary import BF_TOLERANCE, BoundaryCounts, boundary_counts, resize_nearest_matlab
-from segnet.camvid import CLASS_NAMES, NUM_CLASSES
+from segnet.labels import LabelSpace
 
 
-def confusion_matrix(gt: np.ndarray, pred: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
+def confusion_matrix(gt: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
     """K x (K+1) int64 counts over the pixels whose gt is a class (see module doc).
 
     ``gt`` values >= K are void and ignored; ``pred`` values outside 0..K-1
@@ -124,7 +126,7 @@ def match_size(pred: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 class SegmentationMetrics:
     """Accumulates G, C, mIoU and BF over images, in the order they are added.
 
-    ``add(gt, pred)`` takes HxW label maps; a prediction of another size is
+    ``add(gt, pred)`` takes HxW maps of the label space's ids; a prediction of another size is
     first resized to the label's size by nearest neighbour (as the paper's BF
     script does), and that resized map is used for every metric.
     ``boundary=False`` skips BF (the expensive part). With ``workers > 1``
@@ -132,7 +134,7 @@ class SegmentationMetrics:
     are added.
     """
 
-    num_classes: int = NUM_CLASSES
+    label_space: LabelSpace
     tolerance: float = BF_TOLERANCE
     boundary: bool = True
     workers: int = 1
@@ -140,6 +142,10 @@ class SegmentationMetrics:
     names: list[str] = field(default_factory=list, init=False)
     _boundaries: list[BoundaryCounts | Future] = field(default_factory=list, init=False)
     _pool: Executor | None = field(default=None, init=False, repr=False)
+
+    @property
+    def num_classes(self) -> int:
+        return self.label_space.num_classes
 
     def __post_init__(self) -> None:
         k = self.num_classes
@@ -150,9 +156,10 @@ class SegmentationMetrics:
             self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=context)
 
     def add(self, gt: np.ndarray, pred: np.ndarray, name: str | None = None) -> None:
-        """Add one image's ground truth and prediction."""
+        """Add one image's ground truth and prediction (label-id maps of the label space)."""
         gt = np.asarray(gt)
         pred = match_size(pred, gt.shape)
+        gt, pred = self.label_space.class_index(gt), self.label_space.class_index(pred)
         self.confusion += confusion_matrix(gt, pred, self.num_classes)
         self.names.append(name if name is not None else str(len(self.names)))
         if not self.boundary:
@@ -208,7 +215,7 @@ class SegmentationMetrics:
         with np.errstate(invalid="ignore"):
             return np.where(n > 0, (f1 * counted).sum(axis=0) / n, np.nan)
 
-    def summary(self, class_names: tuple[str, ...] = CLASS_NAMES) -> dict:
+    def summary(self) -> dict:
         """All metrics as plain numbers, ready for JSON."""
         cm = self.confusion
         result = {
@@ -223,7 +230,7 @@ class SegmentationMetrics:
         present = class_present(cm)
         result["classes"] = [
             {
-                "name": class_names[c] if c < len(class_names) else str(c),
+                "name": self.label_space.class_names[c],
                 "accuracy": float(acc[c]),
                 "iou": float(iou[c]),
                 "bf": None if np.isnan(bf[c]) else float(bf[c]),

@@ -190,37 +190,6 @@ def bayesian_segnet_basic(num_classes: int = 11, bn: BNKind = "pytorch", in_chan
     return SegNet(BAYESIAN_SEGNET_BASIC, num_classes, in_channels, bn)
 
 
-@torch.no_grad()
-def mc_dropout_predict(model: nn.Module, images: torch.Tensor, samples: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
-    """Monte-Carlo dropout inference (Bayesian SegNet).
-
-    Runs ``samples`` forward passes with dropout active and everything else in
-    evaluation mode. Returns the mean class probabilities (N x C x H x W) and
-    the uncertainty map (N x H x W): the variance of the class probabilities
-    over the samples, averaged over classes, as Bayesian SegNet reports it.
-    """
-    if samples < 1:
-        raise ValueError("samples must be at least 1")
-    was_training = model.training
-    model.eval()
-    dropouts = [m for m in model.modules() if isinstance(m, nn.Dropout)]
-    if not dropouts:
-        raise ValueError("the model has no dropout layers: Monte-Carlo sampling needs a Bayesian model")
-    for m in dropouts:
-        m.train()
-    try:
-        total = total_sq = None
-        for _ in range(samples):
-            prob = torch.softmax(model(images), dim=1)
-            total = prob if total is None else total + prob
-            total_sq = prob.square() if total_sq is None else total_sq + prob.square()
-        mean = total / samples
-        variance = (total_sq / samples - mean.square()).clamp(min=0)
-        return mean, variance.mean(dim=1)
-    finally:
-        model.train(was_training)
-
-
 MODELS = {
     "segnet": segnet,
     "segnet-basic": segnet_basic,

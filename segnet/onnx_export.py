@@ -1,11 +1,14 @@
 """Export SegNet models to ONNX with MaxPool (with indices) and MaxUnpool.
 
-    python -m segnet.onnx_export MODEL.pt segnet.onnx [--input-size 360,480]
+    python -m segnet.onnx_export MODEL.pt segnet.onnx [--input-size H,W]
 
 MODEL is a segnet checkpoint, or a converted Caffe net of the SegNet family
-(its weights are loaded into the matching readable model). Needs the
-optional packages onnx, onnxscript and, to check the result, onnxruntime
-(``pip install -e ".[onnx]"``).
+(its weights are loaded into the readable model that computes the same).
+The input size is the one the model declares (a converted net's input
+shape, the size a checkpoint was trained at), else 360x480. The file is
+checked with onnxruntime when it is installed: the argmax of both on the
+example CamVid image (or ``--check-image``). Needs the optional packages
+onnx, onnxscript and onnxruntime (``pip install -e ".[onnx]"``).
 
 PyTorch's pooling indices count within each (n, c) plane while ONNX's count
 over the whole tensor; the exporter translates MaxPool's indices to planes,
@@ -15,18 +18,23 @@ and the MaxUnpool translation below adds the plane offsets back.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import io
+import logging
 import math
 import sys
+import warnings
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from converter import CaffeNet
 from converter.errors import UserError
 
-from .cli import run
+from .cli import add_progress_flag, parse_size, run
 from .nn import Unpool
 
 OPSET = 18
@@ -54,18 +62,47 @@ def _max_unpool2d(self, indices, output_size):
     return op.MaxUnpool(self, flat, out_shape, kernel_shape=[2, 2], strides=[2, 2], pads=pads)
 
 
+#: ONNX keeps one file up to protobuf's 2 GB limit; larger models need their weights beside it.
+SINGLE_FILE_LIMIT = 2 * 1024**3
+INSTALL_HINT = 'pip install -e ".[onnx]" (or: pip install onnx onnxscript onnxruntime)'
+
+
+def _require_exporter() -> None:
+    for module in ("onnx", "onnxscript"):
+        try:
+            __import__(module)
+        except ImportError:
+            raise UserError(f"ONNX export needs the '{module}' package: {INSTALL_HINT}") from None
+
+
 def export_onnx(model: nn.Module, path: str | Path, input_size: tuple[int, int] = (360, 480)) -> None:
-    """Write ``model`` (fixed input 1 x 3 x H x W, output class scores) as ONNX."""
+    """Write ``model`` (fixed input 1 x C x H x W, output class scores) as ONNX.
+
+    One self-contained file, unless the weights pass 2 GB: then they go to
+    ``<path>.data`` beside it, as ONNX requires.
+    """
+    _require_exporter()
     model = copy.deepcopy(model).eval()
     for name, module in list(model.named_modules()):
         if isinstance(module, Unpool):
             parent, _, attr = name.rpartition(".")
             setattr(model.get_submodule(parent) if parent else model, attr, _TorchUnpool())
-    example = torch.rand(1, 3, *input_size) * 255
-    torch.onnx.export(
-        model, (example,), str(path), opset_version=OPSET, dynamo=True, input_names=["data"],
-        output_names=["scores"], custom_translation_table={torch.ops.aten.max_unpool2d.default: _max_unpool2d},
-    )  # fmt: skip
+    channels = next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels
+    example = torch.rand(1, channels, *input_size, generator=torch.Generator().manual_seed(0)) * 255
+    size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # the exporter's progress lines and notes about packages it does not need
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model, (example,), str(path), opset_version=OPSET, dynamo=True, input_names=["data"],
+                output_names=["scores"], external_data=size >= SINGLE_FILE_LIMIT, verbose=False,
+                custom_translation_table={torch.ops.aten.max_unpool2d.default: _max_unpool2d},
+            )  # fmt: skip
+    finally:
+        quiet.setLevel(level)
 
 
 def onnx_session(path: str | Path, threads: int | None = None):
@@ -77,29 +114,70 @@ def onnx_session(path: str | Path, threads: int | None = None):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+def check_with_onnxruntime(model: nn.Module, path: str | Path, image: torch.Tensor) -> float:
+    """Fraction of pixels whose argmax from onnxruntime equals PyTorch's on ``image`` (1 x C x H x W)."""
+    with torch.no_grad():
+        reference = model.eval()(image).argmax(1).numpy()
+    ours = onnx_session(path).run(None, {"data": image.numpy()})[0].argmax(1)
+    return float((ours == reference).mean())
+
+
+def check_image(size: tuple[int, int], path: str | Path | None = None) -> tuple[torch.Tensor, str]:
+    """The image the export is checked on: ``path``, else the example CamVid image when present, else noise."""
+    from .imageio import load_image
+
+    candidate = Path(path) if path else EXAMPLE_IMAGE
+    if path or candidate.is_file():
+        return torch.from_numpy(load_image(candidate, size))[None], candidate.name
+    return torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(0)) * 255, "random image"
+
+
+EXAMPLE_IMAGE = Path(__file__).resolve().parents[1] / "examples" / "segnet_basic_camvid" / "0001TP_008550.png"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m segnet.onnx_export", description=__doc__.splitlines()[0])
     p.add_argument("model", help="segnet checkpoint or converted Caffe net (.pt)")
     p.add_argument("output", help="ONNX file to write")
-    p.add_argument("--input-size", default="360,480", help="H,W (default 360,480)")
+    p.add_argument("--input-size", type=parse_size, metavar="H,W",
+                   help="input size (default: the size the model declares, else 360,480)")  # fmt: skip
+    p.add_argument("--check-image", help="image to compare onnxruntime with PyTorch on (default: the example "
+                   "CamVid image)")  # fmt: skip
+    add_progress_flag(p)
     args = p.parse_args(argv)
     return run(lambda: _command(args))
 
 
-def _command(args) -> int:
+def _command(args: argparse.Namespace) -> int:
+    from .caffe_graph import declared_input_size
     from .checkpoint import load_model
-    from .models import SegNet
-    from .weights import architecture_of, load_caffe_weights
+    from .weights import readable_twin
 
+    _require_exporter()
     model = load_model(args.model)
-    if hasattr(model, "steps"):  # a converted Caffe net: use the readable model of its architecture
-        arch = architecture_of(model)
-        if arch is None:
-            raise UserError("not a SegNet or SegNet-Basic net", args.model)
-        model = load_caffe_weights(SegNet(arch), model)
-    size = tuple(int(v) for v in args.input_size.split(","))
+    if isinstance(model, CaffeNet):  # export the readable model that computes the same
+        twin = readable_twin(model)
+        if twin is None:
+            raise UserError("ONNX export takes SegNet-family nets (no readable model computes this converted net)",
+                            args.model)  # fmt: skip
+        model = twin
+    size = args.input_size or declared_input_size(model) or (360, 480)
     export_onnx(model, args.output, size)
-    print(f"wrote {args.output}")
+    sidecar = Path(f"{args.output}.data")
+    print(f"wrote {args.output} ({size[0]}x{size[1]} input)" + (f" and its weights {sidecar}" if sidecar.exists()
+                                                                  else ""))  # fmt: skip
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        print(f"not checked: onnxruntime is not installed ({INSTALL_HINT})")
+        return 0
+    image, name = check_image(size, args.check_image)
+    agreement = check_with_onnxruntime(model, args.output, image)
+    print(f"onnxruntime check: argmax equal to PyTorch's on {100 * agreement:.3f}% of the pixels of {name} "
+          f"at {size[0]}x{size[1]}")  # fmt: skip
+    if agreement < 0.999:
+        print("error: onnxruntime disagrees with PyTorch on more than 0.1% of the pixels", file=sys.stderr)
+        return 1
     return 0
 
 

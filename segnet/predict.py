@@ -2,9 +2,17 @@
 
 Each image is read as caffe-segnet's DenseImageData read it (BGR, 0..255),
 resized to the input size the model declares (a converted net's input
-shape) or ``--size``, segmented, and the labels are written at the image's
-own size (nearest neighbour) as a CamVid-coloured PNG, plus a label PNG with
-``--labels``. Bayesian models can be sampled with ``--mc-samples``.
+shape, or the size a segnet checkpoint was trained at) or ``--size``,
+segmented, and the labels are written at the image's own size (nearest
+neighbour) as ``<name>_segmentation.png``: a palette-mode PNG whose pixel
+values are the label ids and whose palette is the label space's colours
+(one file, viewable and machine-readable, as Pascal VOC stores labels).
+
+Bayesian models (dropout layers): ``--mc-samples N`` averages N Monte-Carlo
+dropout samples and also writes ``<name>_uncertainty.png``, the variance of
+the class probabilities over the samples (mean over classes), colour-mapped
+with a legend. Without it, dropout is off (its usual test-time behaviour),
+and the command says so.
 """
 
 from __future__ import annotations
@@ -15,41 +23,40 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from tqdm import tqdm
 
-from .cli import run
-from .camvid import colorize, load_image, resize_nearest
+from .caffe_graph import as_segmenter, declared_input_size, num_outputs
 from .checkpoint import load_model
+from .cli import add_progress_flag, parse_size, run
 from .evaluate import labels_from_output
-
-
-def model_input_size(model: torch.nn.Module) -> tuple[int, int] | None:
-    """The (H, W) a converted Caffe net was defined for, if it states one."""
-    shapes = getattr(model, "input_shapes", None)
-    if shapes:
-        first = next(iter(shapes.values()))
-        if first and len(first) == 4:
-            return int(first[2]), int(first[3])
-    return None
+from .figures import map_with_legend
+from .imageio import load_image
+from .labels import label_space_for
+from .mc_dropout import dropout_layers, dropout_sampling, mc_dropout_predict, samples_by_default
+from .resize import Size, resize_nearest
+from converter.errors import UserError
 
 
 @torch.no_grad()
-def predict_labels(model: torch.nn.Module, image_path: str | Path, size: tuple[int, int] | None = None,
-                   mc_samples: int = 0) -> np.ndarray:  # fmt: skip
-    """HxW uint8 class labels for one image file, at the image's own size."""
+def predict(model: torch.nn.Module, image_path: str | Path, num_outputs: int, size: Size | None = None,
+            mc_samples: int = 0) -> tuple[np.ndarray, np.ndarray | None]:  # fmt: skip
+    """HxW uint8 label ids for one image, at the image's own size, and the uncertainty map with ``mc_samples``."""
     original = load_image(image_path)
-    size = size or model_input_size(model)
     image = load_image(image_path, size) if size and tuple(size) != original.shape[1:] else original
-    x = torch.from_numpy(image.astype(np.float32))[None]
+    x = torch.from_numpy(image)[None]
+    uncertainty = None
     if mc_samples:
-        from .models import mc_dropout_predict
-
-        prob, _ = mc_dropout_predict(model, x, mc_samples)
+        prob, spread = mc_dropout_predict(model, x, mc_samples)
         labels = prob.argmax(dim=1)
+        uncertainty = spread[0].cpu().numpy()
     else:
-        labels = labels_from_output(model(x))
+        labels = labels_from_output(model(x), num_outputs)
     labels = labels[0].cpu().numpy().astype(np.uint8)
-    return resize_nearest(labels, original.shape[1:]) if labels.shape != original.shape[1:] else labels
+    if labels.shape != original.shape[1:]:
+        labels = resize_nearest(labels, original.shape[1:])
+        if uncertainty is not None:
+            uncertainty = resize_nearest(uncertainty, original.shape[1:])
+    return labels, uncertainty
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,27 +65,47 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("model", help="a converted Caffe net (python -m converter) or a trained segnet checkpoint")
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("-o", "--out", default=".", help="folder for <name>_segmentation.png (default: current folder)")
-    p.add_argument("--size", help="H,W to resize images to before the network (default: the model's input size)")
-    p.add_argument("--labels", action="store_true", help="also write <name>_labels.png with class ids (11 = void)")
+    p.add_argument("--size", type=parse_size, metavar="H,W",
+                   help="resize images to this before the network (default: the model's input size)")  # fmt: skip
+    p.add_argument("--labels", help="label space for the palette: a name, a class count or a JSON file "
+                   "(default: the model's)")  # fmt: skip
     p.add_argument("--mc-samples", type=int, default=0, help="Monte-Carlo dropout samples (Bayesian models)")
+    add_progress_flag(p)
     args = p.parse_args(argv)
     return run(lambda: _command(args))
 
 
 def _command(args: argparse.Namespace) -> int:
-    model = load_model(args.model)
-    size = tuple(int(v) for v in args.size.split(",")) if args.size else None
+    if args.mc_samples < 0:
+        raise UserError("--mc-samples must be 0 or more")
+    model = as_segmenter(load_model(args.model), probabilities=True)
+    space, note = label_space_for(args.labels, num_outputs(model), getattr(model, "label_space", None))
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    if args.mc_samples and not dropout_layers(model):
+        raise UserError("the model has no dropout layers: --mc-samples needs a Bayesian model", args.model)
+    if dropout_layers(model) and not args.mc_samples:
+        caffe = " (caffe-segnet would draw one random sample per run)" if samples_by_default(model) else ""
+        print(f"note: {args.model} has dropout layers (a Bayesian model); this run uses dropout's test mode, no "
+              f"sampling{caffe}: --mc-samples N averages N samples and writes an uncertainty map", file=sys.stderr)  # fmt: skip
+    size = args.size or declared_input_size(model)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for path in args.images:
-        labels = predict_labels(model, path, size, args.mc_samples)
-        stem = Path(path).stem
-        Image.fromarray(colorize(labels)).save(out / f"{stem}_segmentation.png")
-        if args.labels:
-            Image.fromarray(labels).save(out / f"{stem}_labels.png")
-        counts = np.bincount(labels.ravel(), minlength=12)
-        print(f"{path}: wrote {out / (stem + '_segmentation.png')} ({labels.shape[0]}x{labels.shape[1]}, "
-              f"{int((counts > 0).sum())} classes present)")  # fmt: skip
+    with dropout_sampling(model, False):
+        for path in tqdm(args.images, disable=not args.progress or len(args.images) < 2, unit="image"):
+            labels, uncertainty = predict(model, path, space.num_outputs, size, args.mc_samples)
+            stem = Path(path).stem
+            target = out / f"{stem}_segmentation.png"
+            space.to_image(labels).save(target)
+            written = [str(target)]
+            if uncertainty is not None:
+                figure = map_with_legend(uncertainty, f"uncertainty: variance of class probabilities over "
+                                                      f"{args.mc_samples} samples (mean over classes)")  # fmt: skip
+                figure.save(out / f"{stem}_uncertainty.png")
+                written.append(str(out / f"{stem}_uncertainty.png"))
+            present = [space.names[i] for i in np.unique(labels) if i < space.num_outputs]
+            tqdm.write(f"{path}: wrote {' and '.join(written)} ({labels.shape[0]}x{labels.shape[1]}, "
+                       f"{len(present)} classes present)")  # fmt: skip
     return 0
 
 

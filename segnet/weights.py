@@ -12,6 +12,8 @@ PyTorch's BatchNorm instead.
 
 from __future__ import annotations
 
+import re
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -21,7 +23,8 @@ import converter
 from converter import CaffeNet
 from converter.errors import UserError
 
-from .models import SEGNET, SEGNET_BASIC, Architecture
+from .caffe_graph import CaffeSegmenter
+from .models import DROPOUT_RATIO, SEGNET, SEGNET_BASIC, Architecture, SegNet
 from .nn import CaffeBN
 
 
@@ -37,14 +40,82 @@ class WeightMismatchError(UserError):
         super().__init__(f"weights do not fit the model: {problems[0]}{more}", source)
 
 
+#: Caffe layer names that SegNet-Tutorial's files use for a module the readable models name otherwise.
+NAME_ALIASES = {"dense_softmax_inner_prod": "conv_classifier"}  # Bayesian SegNet-Basic's classifier
+
+
 def architecture_of(net: CaffeNet) -> Architecture | None:
-    """The SegNet-family architecture whose layer names a converted net uses, if any."""
+    """The SegNet-family architecture a converted net's layer names and dropout layers describe, if any.
+
+    The layer names say SegNet (``conv1_1`` ... ``conv1_1_D``) or SegNet-Basic
+    (``conv1`` ... ``conv_decode1``); each Dropout layer reading a ``pool<N>``
+    blob is encoder dropout of stage N, one after ``upsample<N>`` decoder
+    dropout of stage N (Bayesian SegNet). Whether the weights really fit is
+    for :func:`readable_twin` to check.
+    """
     names = {step.name for step in net.steps}
     if "conv_decode1" in names:
-        return SEGNET_BASIC
-    if "conv1_1_D" in names:
-        return SEGNET
-    return None
+        base = SEGNET_BASIC
+    elif "conv1_1_D" in names:
+        base = SEGNET
+    else:
+        return None
+    encoder, decoder, stage = [], [], None
+    for step in net.steps:
+        upsample = re.fullmatch(r"upsample(\d+)", step.name)
+        if step.type == "Upsample" and upsample:
+            stage = int(upsample[1])
+        elif step.type == "Dropout":
+            pool = re.fullmatch(r"pool(\d+)", step.bottoms[0])
+            if pool and stage is None:
+                encoder.append(int(pool[1]))
+            elif stage is not None:
+                decoder.append(stage)
+            else:
+                return None
+            if abs(net.layer(step.name).ratio - DROPOUT_RATIO) > 1e-6:
+                return None
+    if not encoder and not decoder:
+        return base
+    return replace(base, name=f"Bayesian {base.name}", encoder_dropout=tuple(encoder), decoder_dropout=tuple(decoder))
+
+
+def readable_twin(net: CaffeNet) -> SegNet | None:
+    """The readable SegNet-family model that computes what ``net`` computes, or None.
+
+    Built from :func:`architecture_of`, loaded with the net's weights, and
+    accepted only when both give the same scores on a random image at the
+    net's input size (dropout off), as a conversion script checks its output.
+    """
+    arch = architecture_of(net)
+    if arch is None:
+        return None
+    try:
+        graph = CaffeSegmenter(net)
+    except UserError:
+        return None
+    model = SegNet(arch, num_classes=graph.num_classes, in_channels=graph.in_channels)
+    try:
+        load_caffe_weights(model, net)
+    except WeightMismatchError:
+        return None
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(1, graph.in_channels, *graph.input_size, generator=generator) * 255
+    dropouts = [m for _, m in net.named_layers() if hasattr(m, "mc_dropout")]
+    was_training, sampling = net.training, [m.mc_dropout for m in dropouts]
+    net.eval()
+    net.set_mc_dropout(False)
+    try:
+        with torch.no_grad():
+            ours, theirs = model.eval()(x), graph(x)
+    finally:
+        net.train(was_training)
+        for m, flag in zip(dropouts, sampling):
+            m.mc_dropout = flag
+    if ours.shape != theirs.shape or not torch.allclose(ours, theirs, rtol=1e-4, atol=1e-4 * float(theirs.abs().max())):
+        return None
+    model.input_size = graph.input_size
+    return model
 
 
 def open_caffe_net(source: CaffeNet | str | Path | tuple[str | Path, str | Path]) -> CaffeNet:
@@ -72,7 +143,7 @@ def load_caffe_weights(
     for step, layer in net.named_layers():
         if not layer.blob_attrs:
             continue
-        target = modules.get(step.name)
+        target = modules.get(NAME_ALIASES.get(step.name, step.name))
         if target is None:
             problems.append(f"{step.name}: in the weights, not in the model")
             continue
@@ -80,10 +151,10 @@ def load_caffe_weights(
         if step.type in ("Convolution", "Deconvolution", "InnerProduct"):
             problems += _copy_conv(step.name, target, blobs)
         elif step.type == "BN":
-            problems += _copy_bn(model, step.name, target, blobs, layer.mode.lower())
+            problems += _copy_bn(model, NAME_ALIASES.get(step.name, step.name), target, blobs, layer.mode.lower())
         else:
             problems.append(f"{step.name}: {step.type} layers are not part of the SegNet models")
-        loaded.add(step.name)
+        loaded.add(NAME_ALIASES.get(step.name, step.name))
     expected = {name for name, m in modules.items() if _has_own_parameters(m)}
     missing = sorted(expected - loaded)
     problems += [f"{name}: in the model, not in the weights" for name in missing]

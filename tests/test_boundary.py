@@ -18,7 +18,11 @@ from segnet.boundary import (
     seg2bdry,
     tolerance_pixels,
 )
-from segnet.camvid import list_samples, read_label
+from segnet.imageio import read_label
+from segnet.labels import LabelSpace, get_label_space
+from segnet.splits import list_samples
+
+CAMVID = get_label_space("camvid")
 
 
 def _fraction(shape: tuple[int, int], pixels: float) -> float:
@@ -171,8 +175,8 @@ def test_image_without_any_boundary_scores_zero() -> None:
     # No class has an edge in gt or prediction: nothing counts, and the image
     # adds 0 to the data-set mean, as the paper's script does.
     flat = np.full((5, 5), 2)
-    assert boundary_counts(flat, flat).counted.sum() == 0
-    assert boundary_f1(flat, flat) == 0.0
+    assert boundary_counts(flat, flat, 11).counted.sum() == 0
+    assert boundary_f1(flat, flat, 11) == 0.0
 
 
 def test_ties_between_equally_good_matchings() -> None:
@@ -209,12 +213,12 @@ def _shift(label: np.ndarray, dy: int, dx: int) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def some_test_labels(camvid_dir: Path) -> list[np.ndarray]:
-    return [read_label(s.label) for s in list_samples(camvid_dir, "test")[::25]]
+    return [read_label(s.label, CAMVID) for s in list_samples(camvid_dir, "test")[::25]]
 
 
 def test_camvid_shifted_prediction_scores_between_0_and_1(some_test_labels) -> None:
     def bf(dy, dx):
-        return np.mean([boundary_f1(gt, _shift(gt, dy, dx)) for gt in some_test_labels])
+        return np.mean([boundary_f1(gt, _shift(gt, dy, dx), 11) for gt in some_test_labels])
 
     one, four = bf(1, 0), bf(4, 4)  # 4x4 moves edges 5.7 px, past the 4.5 px tolerance
     assert 0 < four < one < 1

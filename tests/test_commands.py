@@ -88,12 +88,15 @@ def _commands(files: dict[str, Path], out: Path):
 
 
 def _check_one_line(code: int, err: str, *needles: str) -> None:
+    """Status 2 and one error line, the last one (notes may come before it), and no traceback."""
     assert code == 2, err
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], err
+    assert all(line.startswith("note: ") for line in lines[:-1]), err
     assert "Traceback" not in err
     for needle in needles:
-        assert needle in lines[0], lines[0]
+        assert needle in errors[0], errors[0]
 
 
 @pytest.mark.parametrize("kind", WRONG_MODELS)
@@ -134,7 +137,7 @@ def test_images_of_the_wrong_kind_for_predict(files, tmp_path, capsys):
     from segnet.checkpoint import save_model
     from segnet.models import segnet_basic
 
-    save_model(model, segnet_basic(), "segnet-basic")
+    save_model(model, segnet_basic())
     for bad in ("prototxt", "garbage", "missing"):
         code = predict.main([str(model), str(files[bad]), "-o", str(tmp_path / "p")])
         _check_one_line(code, capsys.readouterr().err, files[bad].name)
@@ -153,3 +156,61 @@ def test_a_real_process_prints_no_traceback(files, tmp_path):
     result = subprocess.run([sys.executable, "-m", "segnet.predict", str(files["caffemodel"]), str(files["image"]),
                              "-o", str(tmp_path)], capture_output=True, text=True, cwd=ROOT, timeout=120)  # fmt: skip
     _check_one_line(result.returncode, result.stderr, "net.caffemodel", "python -m converter")
+
+
+def test_solver_given_as_a_net_is_named(files, tmp_path, capsys):
+    from converter.cli import main as convert
+
+    code = convert([str(files["solver"]), "-o", str(tmp_path / "x.pt"), "-q"])
+    _check_one_line(code, capsys.readouterr().err, "a solver prototxt, not a net definition",
+                    "its net is 'train.prototxt'")  # fmt: skip
+
+
+def _converted_basic(tmp_path: Path, size=(24, 32)) -> Path:
+    """A converted SegNet-Basic (random weights, folded BN) declared at ``size``."""
+    import converter
+    from helpers import randomize_bn_statistics
+    from segnet.export import export_caffe
+    from segnet.models import segnet_basic
+    from segnet.nn import convert_bn
+
+    torch.manual_seed(0)
+    model = convert_bn(randomize_bn_statistics(segnet_basic().eval()), "inference")
+    export_caffe(model, tmp_path / "b.prototxt", tmp_path / "b.caffemodel", input_size=size)
+    converter.save(converter.convert(tmp_path / "b.prototxt", tmp_path / "b.caffemodel"), tmp_path / "b.pt")
+    return tmp_path / "b.pt"
+
+
+def test_export_of_a_converted_segnet_basic(tmp_path, capsys):
+    import converter
+
+    path = _converted_basic(tmp_path)
+    assert export.main([str(path), "--prototxt", str(tmp_path / "o.prototxt"), "--caffemodel",
+                        str(tmp_path / "o.caffemodel")]) == 0  # fmt: skip
+    again = converter.convert(tmp_path / "o.prototxt", tmp_path / "o.caffemodel")
+    assert again.input_shapes["data"] == (1, 3, 24, 32)  # the size the converted net declares
+    x = torch.rand(1, 3, 24, 32) * 255
+    with torch.no_grad():
+        assert torch.equal(again(data=x)["prob"], converter.load(path)(data=x)["prob"])
+
+
+def test_onnx_export_at_the_declared_size_in_one_checked_file(tmp_path, capsys):
+    pytest.importorskip("onnxscript", reason="ONNX export needs the onnx extra")
+    pytest.importorskip("onnxruntime", reason="the check needs onnxruntime")
+    path = _converted_basic(tmp_path)
+    out = tmp_path / "o.onnx"
+    assert onnx_export.main([str(path), str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "wrote" in printed and "(24x32 input)" in printed
+    assert "onnxruntime check: argmax equal to PyTorch's on" in printed
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("o.onnx")] == ["o.onnx"]  # no sidecar
+    import onnx
+
+    dims = [d.dim_value for d in onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim]
+    assert dims == [1, 3, 24, 32]
+
+
+def test_onnx_export_without_the_extra_says_how_to_install_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # as if not installed
+    code = onnx_export.main([str(tmp_path / "any.pt"), str(tmp_path / "o.onnx")])
+    _check_one_line(code, capsys.readouterr().err, "needs the 'onnxscript' package", 'pip install -e ".[onnx]"')

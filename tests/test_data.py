@@ -1,4 +1,4 @@
-"""CamVid loading, resizing as DenseImageData did, and class balancing."""
+"""Data sets: reading and resizing as DenseImageData did, split layouts, label spaces, class balancing."""
 
 from __future__ import annotations
 
@@ -10,22 +10,19 @@ import torch
 from PIL import Image
 
 from segnet import class_weights
-from segnet.camvid import (
-    PALETTE,
-    PROTOTXT_CLASS_WEIGHTS,
-    CamVidError,
-    class_statistics,
-    colorize,
-    list_samples,
-    load_image,
-    load_label,
-    load_sample_u8,
-    median_frequency_weights,
-    read_list_file,
-    resize_bilinear,
-    resize_nearest,
-)
-from segnet.data import CamVidDataset, local_contrast_normalize
+from segnet.class_weights import class_statistics, median_frequency_weights
+from segnet.data import SegmentationDataset, local_contrast_normalize
+from segnet.imageio import DataError, load_image, load_label, load_pair_u8
+from segnet.labels import LabelSpace, get_label_space
+from segnet.resize import resize_bilinear, resize_nearest
+from segnet.splits import list_samples, read_list_file
+
+CAMVID = get_label_space("camvid")
+PALETTE = CAMVID.rgb_palette()
+
+
+def load_sample_u8(sample, size=None):
+    return load_pair_u8(sample.image, sample.label, CAMVID, size)
 
 # ---------------------------------------------------------------- oracle data
 
@@ -41,7 +38,7 @@ def test_resized_train_batch_equals_caffe(camvid_dir: Path, oracle_dir: Path) ->
     expected = np.load(oracle_dir / "segnet_basic_train.inputs.npz")
     samples = list_samples(camvid_dir, "train")[:2]
     images = np.stack([load_image(s.image, (120, 160)) for s in samples])
-    labels = np.stack([load_label(s.label, (120, 160)) for s in samples])
+    labels = np.stack([load_label(s.label, CAMVID, (120, 160)) for s in samples])
     assert np.array_equal(images, expected["data"])
     assert np.array_equal(labels[:, None].astype(np.float32), expected["label"])
 
@@ -142,27 +139,27 @@ def test_folder_layout_without_list_file(tmp_path: Path) -> None:
 def test_missing_listed_file_is_named(tmp_path: Path) -> None:
     _write_split(tmp_path, "test", ["a.png"])
     (tmp_path / "test.txt").write_text("/SegNet/CamVid/test/zz.png /SegNet/CamVid/testannot/zz.png\n")
-    with pytest.raises(CamVidError, match=r"missing image file .*zz\.png"):
+    with pytest.raises(DataError, match=r"missing image file .*zz\.png"):
         list_samples(tmp_path, "test")
 
 
 def test_missing_split_and_root(tmp_path: Path) -> None:
-    with pytest.raises(CamVidError, match="split 'train' not found"):
+    with pytest.raises(DataError, match="split 'train' not found"):
         list_samples(tmp_path, "train")
-    with pytest.raises(CamVidError, match="CamVid folder not found"):
+    with pytest.raises(DataError, match="data folder not found"):
         list_samples(tmp_path / "nope", "train")
 
 
 def test_image_and_label_counts_must_agree(tmp_path: Path) -> None:
     _write_split(tmp_path, "test", ["a.png", "b.png"])
     (tmp_path / "testannot" / "b.png").unlink()
-    with pytest.raises(CamVidError, match="has 2 images but .* has 1 labels"):
+    with pytest.raises(DataError, match="has 2 images but .* has 1 labels"):
         list_samples(tmp_path, "test")
 
 
 def test_malformed_list_line(tmp_path: Path) -> None:
     (tmp_path / "l.txt").write_text("only_one_field.png\n")
-    with pytest.raises(CamVidError, match=r"l\.txt:1: expected"):
+    with pytest.raises(DataError, match=r"l\.txt:1: expected"):
         read_list_file(tmp_path / "l.txt")
 
 
@@ -170,28 +167,28 @@ def test_unreadable_image_is_named(tmp_path: Path) -> None:
     _write_split(tmp_path, "test", ["a.png"])
     (tmp_path / "test" / "a.png").write_bytes(b"not a png")
     samples = list_samples(tmp_path, "test")
-    with pytest.raises(CamVidError, match=r"cannot read image file .*a\.png"):
+    with pytest.raises(DataError, match=r"cannot read image file .*a\.png"):
         load_sample_u8(samples[0])
 
 
 def test_label_out_of_range_is_named(tmp_path: Path) -> None:
     _write_split(tmp_path, "test", ["a.png"])
     Image.fromarray(np.full((4, 6), 12, dtype=np.uint8)).save(tmp_path / "testannot/a.png")
-    with pytest.raises(CamVidError, match=r"testannot/a\.png has value 12;"):
+    with pytest.raises(DataError, match=r"testannot/a\.png has value 12, outside label space camvid"):
         load_sample_u8(list_samples(tmp_path, "test")[0])
 
 
 def test_colour_label_is_rejected(tmp_path: Path) -> None:
     _write_split(tmp_path, "test", ["a.png"])
     Image.fromarray(np.zeros((4, 6, 3), dtype=np.uint8)).save(tmp_path / "testannot/a.png")
-    with pytest.raises(CamVidError, match="expected 8-bit single-channel"):
+    with pytest.raises(DataError, match="expected 8-bit single-channel"):
         load_sample_u8(list_samples(tmp_path, "test")[0])
 
 
 def test_size_mismatch_names_both_files(tmp_path: Path) -> None:
     _write_split(tmp_path, "test", ["a.png"])
     Image.fromarray(np.zeros((5, 6), dtype=np.uint8)).save(tmp_path / "testannot/a.png")
-    with pytest.raises(CamVidError, match=r"image .*a\.png is 4x6 but label .*a\.png is 5x6"):
+    with pytest.raises(DataError, match=r"image .*a\.png is 4x6 but label .*a\.png is 5x6"):
         load_sample_u8(list_samples(tmp_path, "test")[0])
 
 
@@ -200,8 +197,8 @@ def test_size_mismatch_names_both_files(tmp_path: Path) -> None:
 
 def test_dataset_items_and_in_memory_agree(tmp_path: Path) -> None:
     _write_split(tmp_path, "train", ["a.png", "b.png", "c.png"], size=(6, 8))
-    lazy = CamVidDataset(tmp_path, "train")
-    held = CamVidDataset(tmp_path, "train", in_memory=True)
+    lazy = SegmentationDataset(tmp_path, "train")
+    held = SegmentationDataset(tmp_path, "train", in_memory=True)
     assert len(lazy) == len(held) == 3
     assert held.images is not None and held.images.dtype == torch.uint8
     assert held.images.shape == (3, 3, 6, 8) and held.labels.shape == (3, 6, 8)
@@ -210,15 +207,15 @@ def test_dataset_items_and_in_memory_agree(tmp_path: Path) -> None:
         assert image.dtype == torch.float32 and image.shape == (3, 6, 8)
         assert label.dtype == torch.int64 and label.shape == (6, 8)
         assert torch.equal(image, image2) and torch.equal(label, label2)
-    resized = CamVidDataset(tmp_path, "train", size=(3, 4), limit=2)
+    resized = SegmentationDataset(tmp_path, "train", size=(3, 4), limit=2)
     assert len(resized) == 2 and resized[0][0].shape == (3, 3, 4)
 
 
 def test_in_memory_needs_one_size(tmp_path: Path) -> None:
     _write_split(tmp_path, "train", ["a.png"], size=(4, 6))
     _write_split(tmp_path, "train", ["b.png"], size=(5, 6))
-    with pytest.raises(CamVidError, match="one image size"):
-        CamVidDataset(tmp_path, "train", in_memory=True)
+    with pytest.raises(DataError, match="one image size"):
+        SegmentationDataset(tmp_path, "train", in_memory=True)
 
 
 def test_local_contrast_normalization() -> None:
@@ -241,7 +238,7 @@ def test_median_frequency_by_hand() -> None:
     # 3 classes, value 3 is void. Image A has classes 0, 1; image B has 0, 2 and a void pixel.
     a = np.array([[0, 0], [0, 1]])
     b = np.array([[0, 3], [2, 2]])
-    stats = class_statistics([a, b], num_classes=3)
+    stats = class_statistics([a, b], LabelSpace("three", ("a", "b", "c"), void=3))
     # pixels: c0 = 4, c1 = 1, c2 = 2; pixels of images containing c: 8, 4, 4 (void counts)
     assert stats.pixels.tolist() == [4, 1, 2]
     assert stats.present_pixels.tolist() == [8, 4, 4]
@@ -250,7 +247,7 @@ def test_median_frequency_by_hand() -> None:
 
 
 def test_class_absent_everywhere_gets_weight_zero() -> None:
-    stats = class_statistics([np.array([[0, 1], [1, 1]])], num_classes=3)
+    stats = class_statistics([np.array([[0, 1], [1, 1]])], LabelSpace("three", ("a", "b", "c"), void=3))
     # freq: c0 = 1/4, c1 = 3/4; median of the two seen = 0.5
     assert np.allclose(median_frequency_weights(stats), [2.0, 2 / 3, 0.0])
 
@@ -270,22 +267,22 @@ def test_class_weights_command_on_camvid(camvid_dir: Path, capsys) -> None:
 def test_class_weights_command_error(tmp_path: Path, capsys) -> None:
     assert class_weights.main(["--data", str(tmp_path / "none")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: CamVid folder not found") and err.count("\n") == 1
+    assert err.startswith("error: data folder not found") and err.count("\n") == 1
 
 
 def test_class_weight_choices() -> None:
-    assert class_weights.class_weights("prototxt").tolist() == list(PROTOTXT_CLASS_WEIGHTS)
-    assert class_weights.class_weights("natural").tolist() == [1.0] * 11
+    assert class_weights.class_weights("prototxt", CAMVID).tolist() == list(CAMVID.class_weights)
+    assert class_weights.class_weights("natural", CAMVID).tolist() == [1.0] * 11
     with pytest.raises(ValueError, match="unknown balancing"):
-        class_weights.class_weights("mean")
+        class_weights.class_weights("mean", CAMVID)
 
 
 def test_colorize_uses_palette() -> None:
     label = np.array([[0, 4], [11, 10]])
-    rgb = colorize(label)
+    rgb = CAMVID.colorize(label)
     assert rgb.dtype == np.uint8 and rgb.shape == (2, 2, 3)
     assert rgb[0, 1].tolist() == [60, 40, 222]  # Pavement
     assert rgb[1, 0].tolist() == [0, 0, 0]  # void
     assert rgb[1, 1].tolist() == PALETTE[10].tolist()
     with pytest.raises(ValueError):
-        colorize(np.array([[12]]))
+        CAMVID.colorize(np.array([[12]]))

@@ -11,11 +11,14 @@ import torch
 from PIL import Image
 
 from segnet import evaluate as ev
-from segnet.camvid import PALETTE
-from segnet.data import CamVidDataset
+from segnet.data import SegmentationDataset
+from segnet.labels import get_label_space
 from segnet.paper import TABLE1, paper_row
 
 # ---------------------------------------------------------------- model outputs
+
+
+PALETTE = get_label_space("camvid").rgb_palette()
 
 
 def test_argmax_takes_first_index_on_ties() -> None:
@@ -23,7 +26,7 @@ def test_argmax_takes_first_index_on_ties() -> None:
     scores[0, 4, 0, 1] = 1.0
     scores[0, 7, 0, 1] = 1.0  # tie between 4 and 7
     scores[0, 9, 0, 2] = 2.0
-    assert ev.labels_from_output(scores).tolist() == [[[0, 4, 9]]]
+    assert ev.labels_from_output(scores, 11).tolist() == [[[0, 4, 9]]]
 
 
 def test_dict_outputs_are_read_in_order_of_preference() -> None:
@@ -32,13 +35,13 @@ def test_dict_outputs_are_read_in_order_of_preference() -> None:
     other = torch.zeros(2, 11, 2, 2)
     other[:, 5] = 1
     argmax = torch.full((2, 1, 2, 2), 8.0)
-    assert ev.labels_from_output({"argmax": argmax, "prob": prob}).unique().tolist() == [8]
-    assert ev.labels_from_output({"prob": prob, "conv_classifier": other}).unique().tolist() == [3]
-    assert ev.labels_from_output({"scores": other, "mask": torch.zeros(2, 1, 2, 2)}).unique().tolist() == [5]
+    assert ev.labels_from_output({"argmax": argmax, "prob": prob}, 11).unique().tolist() == [8]
+    assert ev.labels_from_output({"prob": prob, "conv_classifier": other}, 11).unique().tolist() == [3]
+    assert ev.labels_from_output({"scores": other, "mask": torch.zeros(2, 1, 2, 2)}, 11).unique().tolist() == [5]
     with pytest.raises(ev.EvaluationError, match="cannot tell which model output"):
-        ev.labels_from_output({"a": prob, "b": other})
+        ev.labels_from_output({"a": prob, "b": other}, 11)
     with pytest.raises(ev.EvaluationError, match="NxCxHxW"):
-        ev.labels_from_output(torch.zeros(11, 2, 2))
+        ev.labels_from_output(torch.zeros(11, 2, 2), 11)
 
 
 # ---------------------------------------------------------------- a tiny data set
@@ -76,14 +79,13 @@ class BlueDecoder(torch.nn.Module):
 
 
 def test_evaluate_model_with_a_hand_made_module(tiny_camvid: Path, tmp_path: Path) -> None:
-    dataset = CamVidDataset(tiny_camvid, "test")
+    dataset = SegmentationDataset(tiny_camvid, "test")
     summary = ev.evaluate_model(BlueDecoder(), dataset, batch_size=2, out=tmp_path / "out")
     assert summary["images"] == 3
     assert (summary["G"], summary["C"], summary["mIoU"], summary["BF"]) == (1.0, 1.0, 1.0, 1.0)
-    saved = np.array(Image.open(tmp_path / "out" / "labels" / "b.png"))
-    assert np.array_equal(saved, _label(4))
-    colour = np.array(Image.open(tmp_path / "out" / "colour" / "b.png"))
-    assert np.array_equal(colour, PALETTE[_label(4)])
+    saved = Image.open(tmp_path / "out" / "labels" / "b.png")
+    assert saved.mode == "P" and np.array_equal(np.array(saved), _label(4))  # pixel values: the label ids
+    assert np.array_equal(np.array(saved.convert("RGB")), PALETTE[_label(4)])  # shown in CamVid's colours
 
 
 def test_model_at_another_size_is_resized_before_scoring(tiny_camvid: Path) -> None:
@@ -92,12 +94,12 @@ def test_model_at_another_size_is_resized_before_scoring(tiny_camvid: Path) -> N
         scores[:, 2] = 1
         return scores
 
-    summary = ev.evaluate_model(coarse, CamVidDataset(tiny_camvid, "test"))
+    summary = ev.evaluate_model(coarse, SegmentationDataset(tiny_camvid, "test"))
     assert summary["G"] == pytest.approx(1 / 11)  # every pixel predicted as class 2
 
 
 def test_failing_or_inconsistent_models_give_one_line_errors(tiny_camvid: Path) -> None:
-    dataset = CamVidDataset(tiny_camvid, "test")
+    dataset = SegmentationDataset(tiny_camvid, "test")
 
     def broken(images):
         raise RuntimeError("shapes do not fit\nsecond line")
@@ -106,8 +108,10 @@ def test_failing_or_inconsistent_models_give_one_line_errors(tiny_camvid: Path) 
         ev.evaluate_model(broken, dataset)
     with pytest.raises(ev.EvaluationError, match="returned 1 predictions for a batch of 2"):
         ev.evaluate_model(lambda x: torch.zeros(1, 11, 12, 33), dataset, batch_size=2)
-    with pytest.raises(ev.EvaluationError, match=r"class ids 0\.\.13; expected 0\.\.11"):
+    with pytest.raises(ev.EvaluationError, match=r"class ids 0\.\.13; label space camvid has ids 0\.\.10"):
         ev.evaluate_model(lambda x: {"argmax": torch.arange(14.0).view(1, 1, 1, 14)}, dataset)
+    with pytest.raises(ev.EvaluationError, match=r"class ids 0\.\.11; label space camvid has ids 0\.\.10"):
+        ev.evaluate_model(lambda x: {"argmax": torch.arange(12.0).view(1, 1, 1, 12)}, dataset)
 
 
 # ---------------------------------------------------------------- the command
@@ -142,7 +146,7 @@ def test_command_with_predictions(tiny_camvid: Path, tmp_path: Path, capsys) -> 
                                "G": 82.7, "C": 62.0, "mIoU": 47.7, "BF": 35.78}  # fmt: skip
     assert report["confusion_matrix"][0][10] == 36
     assert sorted(report["per_image_bf"]) == ["a.png", "b.png", "c.png"]
-    assert (out_dir / "colour" / "c.png").is_file() and (out_dir / "labels" / "a.png").is_file()
+    assert (out_dir / "labels" / "a.png").is_file() and report["label_space"] == "camvid"
     lines = out.splitlines()
     g_line = next(line for line in lines if line.startswith("G "))
     assert g_line.split() == ["G", f"{100 * report['G']:.2f}", "82.7"]
@@ -160,7 +164,7 @@ def test_command_with_model(tiny_camvid: Path, capsys, monkeypatch) -> None:
 @pytest.mark.parametrize(
     ("make_args", "message"),
     [
-        (lambda root, tmp: ["--data", str(tmp / "none"), "--predictions", str(tmp)], "CamVid folder not found"),
+        (lambda root, tmp: ["--data", str(tmp / "none"), "--predictions", str(tmp)], "data folder not found"),
         (lambda root, tmp: ["--data", str(root), "--predictions", str(tmp / "none")], "predictions folder not found"),
         (lambda root, tmp: ["--data", str(root), "--predictions", str(root / "testannot"), "--compare-paper", "SegNet"],
          "unknown paper row 'SegNet'"),

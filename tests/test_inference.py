@@ -66,7 +66,7 @@ def test_optimized_fp32_paths_match_the_reference(oracle_dir, build, names):
 def test_bf16_path_agrees_with_fp32_on_a_camvid_image():
     net = converter.convert(EXAMPLE / "segnet_basic_camvid.prototxt", EXAMPLE / "segnet_basic_camvid.caffemodel")
     model = load_caffe_weights(segnet_basic(), net).eval()
-    from segnet.camvid import load_image
+    from segnet.imageio import load_image
 
     size = tuple(net.input_shapes["data"][2:])
     x = torch.from_numpy(load_image(EXAMPLE / "0001TP_008550.png", size))[None]

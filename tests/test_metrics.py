@@ -8,7 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segnet.camvid import list_samples, read_label
+from segnet.imageio import read_label
+from segnet.labels import LabelSpace, get_label_space
+from segnet.splits import list_samples
+
+CAMVID = get_label_space("camvid")
 from segnet.metrics import (
     SegmentationMetrics,
     class_accuracy,
@@ -68,7 +72,7 @@ def test_void_prediction_is_wrong_for_g_but_left_out_of_c_and_iou() -> None:
 
 
 def test_empty_confusion_matrix() -> None:
-    cm = confusion_matrix(np.full((2, 2), 11), np.zeros((2, 2), dtype=int))
+    cm = confusion_matrix(np.full((2, 2), 11), np.zeros((2, 2), dtype=int), 11)
     assert cm.sum() == 0
     assert math.isnan(global_accuracy(cm))
     assert mean_class_accuracy(cm) == 0.0 and mean_iou(cm) == 0.0
@@ -80,13 +84,13 @@ def test_accumulator_sums_images_and_resizes_predictions() -> None:
     gt[0, 0] = 11
     small = np.zeros((4, 4), dtype=np.uint8)
     small[:, 2:] = 1  # at half size; MATLAB nearest doubles every pixel -> equals gt
-    metrics = SegmentationMetrics(num_classes=2)
+    metrics = SegmentationMetrics(LabelSpace("two", ("zero", "one"), void=11))
     metrics.add(gt, small, "a")
     wrong = np.ones((8, 8), dtype=np.uint8)
     metrics.add(gt, wrong, "b")
     # image a: 63 non-void pixels right; image b: 32 of 63 right (class 1 only)
     assert metrics.confusion.tolist() == [[31, 31, 0], [0, 64, 0]]
-    summary = metrics.summary(class_names=("zero", "one"))
+    summary = metrics.summary()
     assert summary["images"] == 2
     assert summary["G"] == pytest.approx(95 / 126)
     assert summary["C"] == pytest.approx((31 / 62 + 1) / 2)
@@ -107,8 +111,8 @@ def test_accumulator_with_worker_processes() -> None:
         (np.kron(rng.integers(0, 11, (6, 8)), np.ones((5, 5), dtype=np.uint8)), rng.integers(0, 11, (30, 40)))
         for _ in range(4)
     ]
-    serial = SegmentationMetrics()
-    with SegmentationMetrics(workers=2) as pooled:
+    serial = SegmentationMetrics(CAMVID)
+    with SegmentationMetrics(CAMVID, workers=2) as pooled:
         for gt, pred in pairs:
             serial.add(gt, pred)
             pooled.add(gt, pred)
@@ -116,9 +120,9 @@ def test_accumulator_with_worker_processes() -> None:
 
 
 def test_camvid_perfect_prediction_scores_one(camvid_dir: Path) -> None:
-    metrics = SegmentationMetrics()
+    metrics = SegmentationMetrics(CAMVID)
     for sample in list_samples(camvid_dir, "test"):
-        gt = read_label(sample.label)
+        gt = read_label(sample.label, CAMVID)
         metrics.add(gt, gt.copy(), sample.name)
     summary = metrics.summary()
     assert summary["images"] == 233

@@ -21,7 +21,9 @@ from segnet.checkpoint import load_model, save_model
 from segnet.class_weights import class_weights
 from segnet.export import export_caffe
 from segnet.loss import segnet_loss
-from segnet.models import bayesian_segnet_basic, mc_dropout_predict, segnet, segnet_basic
+from segnet.labels import get_label_space
+from segnet.mc_dropout import mc_dropout_predict
+from segnet.models import bayesian_segnet_basic, segnet, segnet_basic
 from segnet.nn import CaffeBN, bn_to_caffe, bn_to_pytorch, convert_bn, fold_bn
 from segnet.registry import MODEL_NAMES, build_model
 from segnet.weights import WeightMismatchError, load_caffe_weights
@@ -80,7 +82,8 @@ def test_one_training_step_reproduces_the_oracle(oracle_dir):
     with np.load(oracle_dir / "segnet_basic_train.inputs.npz") as f:
         images, labels = torch.from_numpy(f["data"]), torch.from_numpy(f["label"])[:, 0].long()
     ref = np.load(oracle_dir / "segnet_basic_train.outputs.npz")
-    loss = segnet_loss(model(images), labels, torch.tensor(class_weights("prototxt"), dtype=torch.float32))
+    weights = torch.tensor(class_weights("prototxt", get_label_space("camvid")), dtype=torch.float32)
+    loss = segnet_loss(model(images), labels, weights, ignore_index=11)
     want = float(ref["loss"].reshape(()))
     assert abs(loss.item() - want) / want <= 1e-5
     loss.backward()
@@ -192,7 +195,7 @@ def test_export_reads_back_to_identical_outputs(tmp_path, build, size):
 def test_checkpoint_round_trip_keeps_bn_kinds(tmp_path):
     model = segnet_basic()
     convert_bn(model, "learn")
-    save_model(tmp_path / "m.pt", model, "segnet-basic", {"note": 1})
+    save_model(tmp_path / "m.pt", model, {"note": 1})
     again = load_model(tmp_path / "m.pt")
     assert isinstance(again.conv_decode1_bn, CaffeBN) and again.conv_decode1_bn.mode == "learn"
     x = torch.rand(2, 3, 45, 60) * 255
@@ -233,17 +236,17 @@ def test_training_runs_resumes_and_keeps_the_best(tmp_path):
     assert load_model(tmp_path / "run" / "best.pt")(torch.rand(1, 3, 24, 32)).shape == (1, 11, 24, 32)
 
 
-def test_fine_tuning_starts_from_a_checkpoint_with_caffe_bn(tmp_path):
+def test_fine_tuning_keeps_the_bn_mode_of_the_checkpoint(tmp_path):
     from segnet.train import TrainConfig, train
 
     data = make_tiny_camvid(tmp_path / "camvid", ("train", "val"), 4)
     start = convert_bn(segnet_basic(), "learn")
-    save_model(tmp_path / "start.pt", start, "segnet-basic")
+    save_model(tmp_path / "start.pt", start)
     cfg = TrainConfig(data=str(data), out=str(tmp_path / "ft"), iterations=1, batch_size=2, val_every=0,
                       progress=False, init=str(tmp_path / "start.pt"))  # fmt: skip
     train(cfg)
     tuned = load_model(tmp_path / "ft" / "best.pt")
-    assert isinstance(tuned.conv1_bn, torch.nn.BatchNorm2d)
+    assert isinstance(tuned.conv1_bn, CaffeBN) and tuned.conv1_bn.mode == "learn"  # trained as caffe-segnet trains
     # one SGD step moved the weights away from the starting point
     assert not torch.equal(tuned.conv1.weight, start.conv1.weight)
 

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
+import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from helpers import make_tiny_camvid
 from PIL import Image
@@ -76,7 +80,51 @@ def test_plot_is_written(tmp_path):
     path = tmp_path / "t.png"
     table1.plot([_result("SegNet-Basic", "median", 80.0, 60.0, 45.0, 30.0)], path)
     image = Image.open(path)
-    assert image.size[0] > 500 and image.mode == "RGB"
+    assert image.size[0] > 500 and image.mode in ("RGB", "RGBA")
+
+
+def _fake_results(root: Path) -> Path:
+    """A copy of the committed Table 1 results (cached runs and report) to run the script against."""
+    results = root / "results"
+    shutil.copytree(ROOT / "reproduce" / "results", results, ignore=shutil.ignore_patterns("scratch", "*__*"))
+    for cached in (ROOT / "reproduce" / "results" / "runs").glob("*.json"):
+        shutil.copy(cached, results / "runs" / cached.name)
+    return results
+
+
+def test_a_cached_default_run_leaves_the_committed_report_as_it_is(tmp_path, monkeypatch, capsys):
+    results = _fake_results(tmp_path)
+    monkeypatch.setattr(table1, "RESULTS", results)
+    monkeypatch.setattr(table1, "SCRATCH", results / "scratch")
+    monkeypatch.setattr(table1, "bf16_available", lambda device: True)  # the machine the results came from
+    monkeypatch.setattr(table1, "train", lambda cfg: pytest.fail("every cell is cached"))
+    before = {p.name: p.read_bytes() for p in results.rglob("*") if p.is_file()}
+    data = make_tiny_camvid(tmp_path / "camvid", count=1)
+    assert table1.main(["--no-progress", "--data", str(data)]) == 0
+    assert "is up to date" in capsys.readouterr().out
+    after = {p.name: p.read_bytes() for p in results.rglob("*") if p.is_file()}
+    assert after == before
+
+
+def test_other_budgets_and_subsets_write_only_to_their_own_ignored_folder(tmp_path, monkeypatch, capsys):
+    results = _fake_results(tmp_path)
+    monkeypatch.setattr(table1, "RESULTS", results)
+    monkeypatch.setattr(table1, "SCRATCH", results / "scratch")
+    before = {p.relative_to(results): p.read_bytes() for p in results.rglob("*") if p.is_file()}
+    data = make_tiny_camvid(tmp_path / "camvid", count=2)
+    assert table1.main(["--variants", "SegNet-Basic", "--balancing", "natural", "--iterations", "1",
+                        "--batch-size", "2", "--image-size", "12,16", "--val-every", "1", "--fp32", "--no-progress",
+                        "--data", str(data)]) == 0  # fmt: skip
+    now = {p.relative_to(results): p.read_bytes() for p in results.rglob("*") if p.is_file()}
+    assert {k: v for k, v in now.items() if k in before} == before  # nothing committed was touched
+    new = sorted(str(k) for k in now if k not in before)
+    name = "cpu-1it-b2-12x16-val1-fp32"
+    assert all(path.startswith(f"scratch/{name}/") for path in new), new
+    assert f"scratch/{name}/table1_{name}.md" in new
+    report = (results / "scratch" / name / f"table1_{name}.md").read_text()
+    assert "`python reproduce/table1.py --variants SegNet-Basic --balancing natural --iterations 1" in report
+    ignored = subprocess.run(["git", "check-ignore", "-q", f"reproduce/results/scratch/{name}/x.md"], cwd=ROOT)
+    assert ignored.returncode == 0
 
 
 def test_command_rejects_unknown_variants(tmp_path, capsys):

@@ -1,0 +1,109 @@
+"""Reading images and label maps as caffe-segnet's DenseImageData layer read them.
+
+Images are read as OpenCV's ``imread`` in colour reads them (BGR channel
+order; greyscale replicated, alpha dropped), optionally resized like
+``cv::resize`` (bilinear for the image, nearest neighbour for the label), and
+handed to the net as float values 0..255: no mean subtraction, no scaling.
+
+Labels are 8-bit single-channel PNGs whose values are label ids, either
+greyscale or palette-mode (the palette indices are the ids, as Pascal VOC
+stores them); every value must belong to the label space. Every problem (a
+missing or unreadable file, a value outside the label space, an image and
+label of different sizes) raises :class:`DataError` with one line naming the
+file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from converter.errors import UserError
+
+from .labels import LabelSpace
+from .resize import Size, resize_bilinear, resize_nearest
+
+
+class DataError(UserError):
+    """A problem with the data on disk; the message names the file."""
+
+
+_COLOUR_MODES = {"RGB", "RGBA", "L", "LA", "P", "PA"}
+_LABEL_MODES = {"L", "P"}
+
+
+def _open(path: Path, kind: str) -> Image.Image:
+    try:
+        image = Image.open(path)
+        image.load()
+    except FileNotFoundError:
+        raise DataError(f"missing {kind} file {path}") from None
+    except IsADirectoryError:
+        raise DataError(f"{kind} file {path} is a folder") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise DataError(f"cannot read {kind} file {path}: {exc}") from None
+    return image
+
+
+def read_image_bgr(path: str | Path) -> np.ndarray:
+    """An image file as an HxWx3 uint8 BGR array (what OpenCV's imread gives)."""
+    path = Path(path)
+    image = _open(path, "image")
+    if image.mode not in _COLOUR_MODES:
+        raise DataError(f"unsupported pixel format {image.mode} in image file {path}")
+    rgb = np.asarray(image.convert("RGB") if image.mode != "RGB" else image)
+    return np.ascontiguousarray(rgb[:, :, ::-1])
+
+
+def read_label(path: str | Path, label_space: LabelSpace, kind: str = "label") -> np.ndarray:
+    """A label PNG as an HxW uint8 array of label ids, checked against ``label_space``.
+
+    ``kind`` names the file in error messages ("label", "prediction").
+    """
+    path = Path(path)
+    image = _open(path, kind)
+    if image.mode not in _LABEL_MODES:
+        raise DataError(f"{kind} file {path} has pixel format {image.mode}; expected 8-bit single-channel "
+                        "(greyscale or palette) class ids")  # fmt: skip
+    label = np.array(image, dtype=np.uint8)
+    valid = label_space.valid(label)
+    if not valid.all():
+        bad = int(label[~valid].max())
+        raise DataError(f"{kind} file {path} has value {bad}, outside label space {label_space.name} "
+                        f"({label_space.describe_ids()})")  # fmt: skip
+    return label
+
+
+def load_image(path: str | Path, size: Size | None = None) -> np.ndarray:
+    """The network input for one image: 3xHxW float32, BGR, values 0..255.
+
+    ``size`` = (new_height, new_width) resizes like DenseImageData (bilinear,
+    rounded to uint8 before the conversion to float).
+    """
+    image = read_image_bgr(path)
+    if size is not None:
+        image = resize_bilinear(image, size)
+    return np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
+
+
+def load_label(path: str | Path, label_space: LabelSpace, size: Size | None = None) -> np.ndarray:
+    """The label for one image: HxW uint8 ids, resized by nearest neighbour."""
+    label = read_label(path, label_space)
+    return resize_nearest(label, size) if size is not None else label
+
+
+def load_pair_u8(image_path: Path, label_path: Path, label_space: LabelSpace,
+                 size: Size | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """(3xHxW uint8 BGR image, HxW uint8 label) of one sample, sizes checked."""
+    image = read_image_bgr(image_path)
+    label = read_label(label_path, label_space)
+    if image.shape[:2] != label.shape:
+        raise DataError(
+            f"image {image_path} is {image.shape[0]}x{image.shape[1]} but label "
+            f"{label_path} is {label.shape[0]}x{label.shape[1]}"
+        )
+    if size is not None:
+        image, label = resize_bilinear(image, size), resize_nearest(label, size)
+    return np.ascontiguousarray(image.transpose(2, 0, 1)), label
