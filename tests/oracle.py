@@ -12,11 +12,11 @@ from conftest import SHARED
 ORACLE = SHARED / "oracle"
 
 
-def oracle_cases() -> list:
-    """pytest params, one per oracle case (a single skipped param when absent)."""
-    path = ORACLE / "cases.json"
+def oracle_cases(index: str = "cases.json") -> list:
+    """pytest params, one per case of the oracle's ``index`` file (a single skipped param when absent)."""
+    path = ORACLE / index
     if not path.exists():
-        return [pytest.param(None, marks=pytest.mark.skip(reason=f"oracle vectors not found at {ORACLE}"))]
+        return [pytest.param(None, marks=pytest.mark.skip(reason=f"oracle vectors not found at {path}"))]
     cases = json.loads(path.read_text())["cases"]
     return [pytest.param(case, id=case["name"]) for case in cases]
 
