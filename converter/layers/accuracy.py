@@ -40,9 +40,6 @@ class ArgMax(CaffeLayer):
     def index_tops(self):
         return () if self.out_max_val else (0,)
 
-    def rounding_terms(self, top=0):
-        return 0  # selects values
-
     def top_shapes(self, bottom_shapes):
         shape = list(bottom_shapes[0])
         if self.axis is not None:
@@ -87,9 +84,6 @@ class Accuracy(CaffeLayer):
 
     def top_shapes(self, bottom_shapes):
         return [(), (bottom_shapes[0][1], 1, 1, 1)][: self.num_tops]
-
-    def rounding_terms(self, top=0):
-        return 1  # exact counts, one division
 
     def forward(self, x, labels):
         outer = math.prod(x.shape[: self.axis])

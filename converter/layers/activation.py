@@ -19,9 +19,6 @@ class ReLU(CaffeLayer):
         #: whose tensors belong to the caller.
         self.inplace = list(param.top) == list(param.bottom)
 
-    def rounding_terms(self, top=0):
-        return 1 if self.negative_slope else 0
-
     def forward(self, x):
         # Overwriting is only safe when no gradient needs the input: in inference.
         inplace = self.inplace and not torch.is_grad_enabled()
@@ -44,8 +41,6 @@ class TanH(CaffeLayer):
 
 @register("AbsVal")
 class AbsVal(CaffeLayer):
-    def rounding_terms(self, top=0):
-        return 0
 
     def forward(self, x):
         return (x.abs(),)
@@ -118,9 +113,6 @@ class Threshold(CaffeLayer):
     def __init__(self, param, bottom_shapes, phase):
         super().__init__(param, bottom_shapes, phase)
         self.threshold = param.threshold_param.threshold
-
-    def rounding_terms(self, top=0):
-        return 0  # a comparison
 
     def forward(self, x):
         return ((x > self.threshold).to(x.dtype),)

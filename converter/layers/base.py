@@ -9,7 +9,6 @@ and the module's tensors.
 
 from __future__ import annotations
 
-import math
 from typing import ClassVar, Sequence
 
 import numpy as np
@@ -78,19 +77,14 @@ class CaffeLayer(nn.Module):
 
     # -- rounding (the noise model of converter.verdict) -----------------------
 
-    def rounding_terms(self, top: int = 0) -> int:
-        """How many terms one value of top ``top`` combines in float arithmetic; 0 for exact operations.
+    def sequential_terms(self, top: int = 0) -> int:
+        """How many terms caffe-segnet adds in a plain float32 loop (no BLAS) into one value of ``top``.
 
-        The verdict sizes its float32 rounding noise by this. The default
-        suits reductions: the bottom's size per top value.
+        Such a loop rounds more than a vectorised sum, so the comparison
+        verdict allows at least its rounding there (e.g. a loss summed over
+        every position). 0: Caffe uses BLAS, or nothing is summed.
         """
-        shapes = self.top_shapes(self.bottom_shapes)
-        return max(1, math.prod(self.bottom_shapes[0]) // max(1, math.prod(shapes[top])))
-
-    def param_grad_terms(self, blob: int) -> int:
-        """How many terms one value of parameter gradient ``blob`` sums: the top's positions per channel."""
-        top = self.top_shapes(self.bottom_shapes)[0]
-        return max(1, math.prod(top) // top[1]) if len(top) >= 2 and top[1] else max(1, math.prod(top))
+        return 0
 
     # -- parameters -----------------------------------------------------------
 

@@ -77,12 +77,6 @@ class BN(CaffeLayer):
         fill(self.scale, self._fillers[0], generator)
         fill(self.shift, self._fillers[1], generator)
 
-    def rounding_terms(self, top=0):
-        if self.mode == "INFERENCE":
-            return 2  # a multiply and an add
-        n, _, h, w = self.bottom_shapes[0]
-        return n * h * w  # batch statistics
-
     def top_shapes(self, bottom_shapes):
         stats = (1, self.channels, 1, 1)
         return [tuple(bottom_shapes[0]), stats, stats][: self.num_tops]

@@ -67,12 +67,6 @@ class _ConvBase(CaffeLayer):
         if self.bias is not None:
             fill(self.bias, self._fillers[1], generator)
 
-    def rounding_terms(self, top=0):
-        channels = self.bottom_shapes[0][1] // self.group
-        if self.transposed:  # each output gathers about kernel/stride taps per input channel
-            return channels * math.prod(-(-k // s) for k, s in zip(self.kernel, self.stride))
-        return channels * math.prod(self.kernel)
-
     def top_shapes(self, bottom_shapes):
         n, _, h, w = bottom_shapes[0]
         size = [self.size_rule(s, k, st, p, d) for s, k, st, p, d in
@@ -108,9 +102,6 @@ class InnerProduct(CaffeLayer):
         self.bias = nn.Parameter(torch.zeros(p.num_output)) if p.bias_term else None
         self.blob_attrs = ("weight", "bias") if p.bias_term else ("weight",)
         self._fillers = (p.weight_filler, p.bias_filler)
-
-    def rounding_terms(self, top=0):
-        return self.weight.shape[1]
 
     def top_shapes(self, bottom_shapes: list[Shape]):
         return [(*bottom_shapes[0][: self.axis], self.num_output)]

@@ -25,9 +25,6 @@ class Dropout(CaffeLayer):
         self.sample_weights_test = p.sample_weights_test
         self.mc_dropout = p.sample_weights_test
 
-    def rounding_terms(self, top=0):
-        return 1 if self.training or self.mc_dropout else 0
-
     def forward(self, x):
         active = self.training or self.mc_dropout
         return (F.dropout(x, self.ratio, training=active),)

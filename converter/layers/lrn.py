@@ -47,9 +47,6 @@ class LRN(CaffeLayer):
         self.size, self.alpha, self.beta, self.k = p.local_size, p.alpha, p.beta, p.k
         self.region = caffe_pb2.LRNParameter.NormRegion.Name(p.norm_region)
 
-    def rounding_terms(self, top=0):
-        return self.size if self.region == "ACROSS_CHANNELS" else self.size * self.size
-
     def forward(self, x):
         if self.region == "ACROSS_CHANNELS":
             return (lrn_across_channels(x, self.size, self.alpha, self.beta, self.k),)

@@ -131,9 +131,6 @@ class Pooling(CaffeLayer):
     def index_tops(self):
         return (1,) if self.num_tops == 2 else ()
 
-    def rounding_terms(self, top=0):
-        return 0 if self.method == "MAX" else math.prod(self.kernel_for(self.bottom_shapes[0]))
-
     def kernel_for(self, shape) -> tuple[int, int]:
         return tuple(shape[-2:]) if self.global_pooling else self.kernel
 

@@ -28,9 +28,6 @@ class Softmax(CaffeLayer):
         super().__init__(param, bottom_shapes, phase)
         self.axis = canonical_axis(param.softmax_param.axis, len(bottom_shapes[0]), self.caffe_name)
 
-    def rounding_terms(self, top=0):
-        return self.bottom_shapes[0][self.axis]
-
     def forward(self, x):
         return (torch.softmax(x, dim=self.axis),)
 
@@ -125,10 +122,10 @@ class SoftmaxWithLoss(CaffeLayer):
     def top_shapes(self, bottom_shapes):
         return [()] + [tuple(bottom_shapes[0])] * (self.num_tops - 1)
 
-    def rounding_terms(self, top=0):
+    def sequential_terms(self, top=0):
+        # caffe-segnet accumulates the loss over every position in one float32 loop.
         shape = self.bottom_shapes[0]
-        classes = shape[self.axis]
-        return math.prod(shape) // classes if top == 0 else classes  # the loss sums every position
+        return math.prod(shape) // shape[self.axis] if top == 0 else 0
 
     def forward(self, logits, labels):
         try:

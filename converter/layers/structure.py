@@ -30,9 +30,6 @@ class Eltwise(CaffeLayer):
         if any(tuple(s) != tuple(bottom_shapes[0]) for s in bottom_shapes):
             raise self.fail(f"bottoms differ in shape: {[list(s) for s in bottom_shapes]}")
 
-    def rounding_terms(self, top=0):
-        return 0 if self.operation == "MAX" else len(self.bottom_shapes)
-
     def forward(self, *xs):
         if self.operation == "SUM":
             coeff = self.coeff or [1.0] * len(xs)
@@ -51,9 +48,6 @@ class Eltwise(CaffeLayer):
 @register("Concat")
 class Concat(CaffeLayer):
     n_bottoms = (1, None)
-    def rounding_terms(self, top=0):
-        return 0  # copies values
-
 
     def __init__(self, param, bottom_shapes, phase):
         super().__init__(param, bottom_shapes, phase)
@@ -78,9 +72,6 @@ class Concat(CaffeLayer):
 @register("Slice")
 class Slice(CaffeLayer):
     n_tops = (1, None)
-    def rounding_terms(self, top=0):
-        return 0  # copies values
-
 
     def __init__(self, param, bottom_shapes, phase):
         super().__init__(param, bottom_shapes, phase)
@@ -117,9 +108,6 @@ class Slice(CaffeLayer):
 @register("Split")
 class Split(CaffeLayer):
     n_tops = (1, None)
-    def rounding_terms(self, top=0):
-        return 0  # copies values
-
 
     def forward(self, x):
         return (x,) * self.num_tops
@@ -133,17 +121,12 @@ class Silence(CaffeLayer):
     def top_shapes(self, bottom_shapes):
         return []
 
-    def rounding_terms(self, top=0):
-        return 0
-
     def forward(self, *xs):
         return ()
 
 
 @register("Flatten")
 class Flatten(CaffeLayer):
-    def rounding_terms(self, top=0):
-        return 0  # copies values
 
     def __init__(self, param, bottom_shapes, phase):
         super().__init__(param, bottom_shapes, phase)
@@ -192,9 +175,6 @@ class Reshape(CaffeLayer):
         if count != total:
             raise self.fail(f"cannot reshape {shape} ({total} values) into {out} ({count} values)")
         return [tuple(out)]
-
-    def rounding_terms(self, top=0):
-        return 0  # copies values
 
     def forward(self, x):
         return (x.reshape(self.top_shapes([tuple(x.shape)])[0]),)

@@ -62,9 +62,6 @@ class Upsample(CaffeLayer):
         #: set by the graph when the mask comes from non-overlapping MAX pooling
         self.unique_indices = False
 
-    def rounding_terms(self, top=0):
-        return 0  # places values
-
     def output_size(self, h: int, w: int) -> tuple[int, int]:
         if self.size is not None:
             return self.size
