@@ -36,8 +36,8 @@ from tqdm import tqdm
 
 import converter
 from converter import CaffeNet, UserError
+from converter.functional import batch_moments, fold_bn_statistics
 from converter.layers.batchnorm import BN as CaffeGraphBN
-from converter.layers.batchnorm import SEGNET_BN_EPS, batch_moments
 from converter.writer import save_caffemodel
 
 from caffe_proto import caffe_pb2
@@ -111,9 +111,9 @@ def fold_statistics(model: nn.Module, stats: dict[str, tuple[torch.Tensor, torch
     modules = dict(model.named_modules())
     for name, (mean, var) in stats.items():
         bn = modules[name]
-        inv_std = torch.rsqrt(var + SEGNET_BN_EPS).view_as(bn.scale)
-        bn.shift.copy_(bn.shift - bn.scale * mean.view_as(bn.scale) * inv_std)
-        bn.scale.mul_(inv_std)
+        scale, shift = fold_bn_statistics(bn.scale, bn.shift, mean.view_as(bn.scale), var.view_as(bn.scale))
+        bn.scale.copy_(scale)
+        bn.shift.copy_(shift)
         bn.mode = "INFERENCE" if isinstance(bn, CaffeGraphBN) else "inference"
     if isinstance(model, CaffeNet):  # keep the net definition in step with the modules
         for layer in model.net_param.layer:

@@ -42,8 +42,8 @@ from segnet.cli import add_data_option, add_progress_flag, data_root, parse_size
 from segnet.data import SegmentationDataset
 from segnet.imageio import read_label
 from segnet.labels import LabelSpace, label_space_for
-from segnet.metrics import SegmentationMetrics
-from segnet.paper import METRICS, SOURCE, PaperRow, paper_row
+from segnet.metrics import METRICS, SegmentationMetrics
+from segnet.paper import SOURCE, PaperRow, paper_row
 
 Model = Callable[[torch.Tensor], Any]
 

@@ -19,7 +19,7 @@ from google.protobuf import text_format
 from torch import nn
 
 from caffe_proto import caffe_pb2
-from converter.layers.pooling import pool_output_size
+from converter.functional import pool_output_size
 from converter.atomic import atomic_write
 from converter import CaffeNet
 from converter.errors import UserError
@@ -62,6 +62,8 @@ def to_caffe(
         layer.param.add(lr_mult=2, decay_mult=0)
         p = layer.convolution_param
         p.num_output = module.out_channels
+        if module.groups > 1:
+            p.group = module.groups  # SingleChannelDecoder: each filter sees its own map
         p.kernel_size.append(module.kernel_size[0])
         p.pad.append(module.padding[0])
         p.weight_filler.type = "msra"
@@ -107,6 +109,11 @@ def to_caffe(
         blob = f"upsample{stage}"
         for j in range(len(widths)):
             blob = conv(model.decoder_name(stage, j), blob, relu=arch.decoder_relu)
+        if arch.encoder_addition:  # EncoderAddition: the encoder's maps before pooling, added
+            encoder_blob = model.encoder_name(stage, len(arch.encoder[stage - 1]))
+            add(f"{blob}_add", "Eltwise", [blob, encoder_blob], [f"{blob}_add"]).eltwise_param.operation = \
+                caffe_pb2.EltwiseParameter.SUM  # fmt: skip
+            blob = f"{blob}_add"
         if stage in arch.decoder_dropout:
             dropout(f"decdrop{stage}", blob)
     blob = conv(model.classifier_name, blob, relu=False, classifier=True)

@@ -10,10 +10,15 @@
 * any other converted Caffe net: the converted graph itself
   (:class:`~segnet.caffe_graph.CaffeSegmenter`), whose gradients are Caffe's.
 
-BN keeps the mode it was saved in, so the model's outputs at step 0 are the
-checkpoint's: INFERENCE-mode BN (statistics folded in) trains as a
-per-channel scale and shift, LEARN-mode BN normalises with batch statistics
-as caffe-segnet trains, PyTorch BatchNorm keeps its running statistics.
+BN is handled so that the model's outputs at step 0 are the checkpoint's.
+INFERENCE-mode BN (statistics folded into a scale and shift) is unfolded
+(:func:`unfold_inference_bn`): the statistics of its input are measured on the
+training images and it becomes a PyTorch BatchNorm that computes the same in
+evaluation mode and normalises with batch statistics while training, as it
+was trained (a bare scale and shift trained at SegNet's learning rate
+diverges). LEARN-mode BN keeps normalising with batch statistics as
+caffe-segnet trains; PyTorch BatchNorm keeps its running statistics. A
+converted graph trained as it is keeps its layers as they are.
 
 When the label space has another number of outputs than the checkpoint,
 the classifier is replaced by a new one with He (Caffe's msra) weights and
@@ -30,6 +35,7 @@ from torch import nn
 
 from converter import CaffeNet
 from converter.errors import UserError
+from converter.functional import batch_moments
 from converter.layers.batchnorm import BN as CaffeGraphBN
 from converter.layers.batchnorm import BatchNorm as CaffeGraphBatchNorm
 
@@ -81,7 +87,6 @@ def starting_model(init: str | None, model_name: str | None, labels: str | None)
         model = with_new_classifier(model, space.num_outputs)
         notes.append(f"the classifier was re-initialised for {space.num_outputs} outputs (label space {space.name}; "
                      f"the checkpoint has {outputs}): He (msra) weights, zero biases")  # fmt: skip
-    notes += bn_notes(model)
     return Start(model, space, notes)
 
 
@@ -160,7 +165,7 @@ def _he(weight: torch.Tensor, bias: torch.Tensor | None) -> None:
 
 
 def bn_notes(model: nn.Module) -> list[str]:
-    """One line per kind of BN that does not simply train as PyTorch BatchNorm."""
+    """One line per kind of BN that does not simply train as PyTorch BatchNorm (call after unfolding)."""
     modes = {}
     for module in model.modules():
         if isinstance(module, (CaffeBN, CaffeGraphBN)):
@@ -170,7 +175,7 @@ def bn_notes(model: nn.Module) -> list[str]:
     notes = []
     if "inference" in modes:
         notes.append(f"{modes['inference']} BN layer(s) keep their folded statistics (INFERENCE mode) and train as "
-                     "a per-channel scale and shift")  # fmt: skip
+                     "a per-channel scale and shift; a smaller --lr may be needed")  # fmt: skip
     if "learn" in modes:
         notes.append(f"{modes['learn']} BN layer(s) train in caffe-segnet's LEARN mode (batch statistics, also when "
                      "evaluating): fold statistics with python -m segnet.bn_stats before using the model on single "
@@ -179,3 +184,54 @@ def bn_notes(model: nn.Module) -> list[str]:
         notes.append(f"{modes['batchnorm']} BatchNorm layer(s) train as Caffe's: batch statistics while training, "
                      "their moving averages when evaluating")  # fmt: skip
     return notes
+
+
+@torch.no_grad()
+def unfold_inference_bn(model: nn.Module, images: torch.Tensor, batch_size: int = 4) -> str | None:
+    """Turn every INFERENCE-mode ``CaffeBN`` of a readable model into a PyTorch BatchNorm with the same outputs.
+
+    The folded form ``y = s * x + t`` lost the statistics BN needs to train.
+    They are measured again: the per-channel mean and (biased) variance of
+    each such layer's input over ``images`` (averaged over batches of
+    ``batch_size``, as segnet.bn_stats does). Then ``running_mean = mean``,
+    ``running_var = var``, ``weight = s * sqrt(var + eps)``, ``bias = t + s * mean``
+    computes ``s * x + t`` again in evaluation mode. Returns a note for the
+    user, or None when there was nothing to unfold.
+    """
+    folded = {name: m for name, m in model.named_modules() if isinstance(m, CaffeBN) and m.mode == "inference"}
+    if not folded or isinstance(model, CaffeSegmenter):
+        return None
+    sums = {name: [0.0, 0.0, 0] for name in folded}
+    hooks = []
+    for name, module in folded.items():
+
+        def record(mod, inputs, output, name=name):
+            mean, var = batch_moments(inputs[0].double())
+            entry = sums[name]
+            entry[0], entry[1], entry[2] = entry[0] + mean.view(-1), entry[1] + var.view(-1), entry[2] + 1
+
+        hooks.append(module.register_forward_hook(record))
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        for start in range(0, len(images), batch_size):
+            model(images[start : start + batch_size].float().to(device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    for name, module in folded.items():
+        total_mean, total_var, count = sums[name]
+        mean, var = (total_mean / count).float(), (total_var / count).float()
+        bn = nn.BatchNorm2d(module.num_features).to(device)
+        scale, shift = module.scale.view(-1), module.shift.view(-1)
+        bn.running_mean.copy_(mean)
+        bn.running_var.copy_(var)
+        bn.weight.copy_(scale * torch.sqrt(var + bn.eps))
+        bn.bias.copy_(shift + scale * mean)
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, attr, bn)
+    return (f"{len(folded)} BN layer(s) had their statistics folded in (INFERENCE mode): measured them again on "
+            f"{len(images)} training image(s) and made the layers PyTorch BatchNorm (same outputs when evaluating, "
+            "batch statistics while training)")

@@ -27,7 +27,7 @@ import copy
 import torch
 from torch import nn
 
-from converter.layers.pooling import max_pool2d, pool_output_size
+from converter.functional import max_pool2d, pool_output_size
 
 from .models import SegNet
 from .nn import MaxPoolIndices, Unpool, fold_bn

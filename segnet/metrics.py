@@ -42,6 +42,9 @@ import numpy as np
 from segnet.boundary import BF_TOLERANCE, BoundaryCounts, boundary_counts, resize_nearest_matlab
 from segnet.labels import LabelSpace
 
+#: The paper's four measures, in its order; every report and table uses these names.
+METRICS = ("G", "C", "mIoU", "BF")
+
 
 def confusion_matrix(gt: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
     """K x (K+1) int64 counts over the pixels whose gt is a class (see module doc).

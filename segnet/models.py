@@ -47,6 +47,10 @@ class Architecture:
     decoder_dropout: tuple[int, ...] = ()
     #: "vgg" (conv1_1 ... conv1_1_D) or "basic" (conv1 ... conv_decode1, conv_classifier)
     naming: str = "vgg"
+    #: Table 1's variants: add each stage's encoder maps (before pooling) to its decoder's output
+    encoder_addition: bool = False
+    #: Table 1's variants: decoder filters see only their own upsampled map (depthwise convolutions)
+    single_channel_decoder: bool = False
 
 
 SEGNET = Architecture(
@@ -71,6 +75,30 @@ BAYESIAN_SEGNET_BASIC = Architecture(
 DROPOUT_RATIO = 0.5
 
 
+@dataclass
+class Encoded:
+    """What the encoder hands the decoder: the last pooled maps and, per stage, what the decoder reads."""
+
+    x: torch.Tensor
+    sizes: list[torch.Size]  # each stage's map size before pooling (what unpooling restores)
+    indices: list[torch.Tensor]  # pooling indices
+    features: list[torch.Tensor]  # maps before pooling, kept only for encoder addition
+    pooled: list[torch.Tensor]  # pooled maps, kept only for decoders that read them
+
+
+def encoder_name(arch: Architecture, stage: int, j: int) -> str:
+    """SegNet-Tutorial's name of the j-th convolution (1-based) of encoder ``stage``."""
+    return f"conv{stage}" if arch.naming == "basic" else f"conv{stage}_{j}"
+
+
+def decoder_name(arch: Architecture, stage: int, j: int) -> str:
+    """SegNet-Tutorial's name of the j-th convolution (0-based) of decoder ``stage``."""
+    if arch.naming == "basic":
+        return f"conv_decode{stage}"
+    n = len(arch.encoder[stage - 1])  # decoder convs count down: conv5_3_D, conv5_2_D, ...
+    return f"conv{stage}_{n - j}_D"
+
+
 class SegNet(nn.Module):
     """An encoder-decoder of the SegNet family (see ``Architecture``); returns class scores."""
 
@@ -83,9 +111,15 @@ class SegNet(nn.Module):
     ):
         super().__init__()
         self.arch, self.num_classes = arch, num_classes
+        channels = self._build_encoder(in_channels, bn)
+        self._build_decoder(channels, num_classes, bn)
+        self.reset_parameters()
+
+    def _build_encoder(self, in_channels: int, bn: BNKind) -> int:
+        """LRN (SegNet-Basic), the encoder stages and their pooling; returns the output channels."""
+        arch = self.arch
         self.norm = LRN(5, 1e-4, 0.75) if arch.input_lrn else None
         self.pool = MaxPoolIndices(2, 2)
-        self.unpool = Unpool()
         channels = in_channels
         for stage, widths in enumerate(arch.encoder, start=1):
             for j, width in enumerate(widths, start=1):
@@ -93,34 +127,38 @@ class SegNet(nn.Module):
                 channels = width
             if stage in arch.encoder_dropout:
                 self.add_module(f"encdrop{stage}", nn.Dropout(DROPOUT_RATIO))
+        return channels
+
+    def _build_decoder(self, channels: int, num_classes: int, bn: BNKind) -> None:
+        """Unpooling decoder stages (deepest first) and the classifier."""
+        arch = self.arch
+        self.unpool = Unpool()
         for depth, widths in enumerate(arch.decoder):
             stage = len(arch.decoder) - depth
             for j, width in enumerate(widths):
-                self._conv_unit(self.decoder_name(stage, j), channels, width, bn, relu=arch.decoder_relu)
+                groups = width if arch.single_channel_decoder and width == channels else 1
+                self._conv_unit(self.decoder_name(stage, j), channels, width, bn, relu=arch.decoder_relu,
+                                groups=groups)  # fmt: skip
                 channels = width
             if stage in arch.decoder_dropout:
                 self.add_module(f"decdrop{stage}", nn.Dropout(DROPOUT_RATIO))
         k = arch.classifier_kernel
         self.add_module(self.classifier_name, nn.Conv2d(channels, num_classes, k, padding=k // 2))
-        self.reset_parameters()
 
     # -- names ------------------------------------------------------------------
 
     def encoder_name(self, stage: int, j: int) -> str:
-        return f"conv{stage}" if self.arch.naming == "basic" else f"conv{stage}_{j}"
+        return encoder_name(self.arch, stage, j)
 
     def decoder_name(self, stage: int, j: int) -> str:
-        if self.arch.naming == "basic":
-            return f"conv_decode{stage}"
-        n = len(self.arch.encoder[stage - 1])  # decoder convs count down: conv5_3_D, conv5_2_D, ...
-        return f"conv{stage}_{n - j}_D"
+        return decoder_name(self.arch, stage, j)
 
     @property
     def classifier_name(self) -> str:
         return "conv_classifier" if self.arch.naming == "basic" else "conv1_1_D"
 
-    def _conv_unit(self, name: str, cin: int, cout: int, bn: BNKind, relu: bool) -> None:
-        self.add_module(name, nn.Conv2d(cin, cout, self.arch.kernel, padding=self.arch.kernel // 2))
+    def _conv_unit(self, name: str, cin: int, cout: int, bn: BNKind, relu: bool, groups: int = 1) -> None:
+        self.add_module(name, nn.Conv2d(cin, cout, self.arch.kernel, padding=self.arch.kernel // 2, groups=groups))
         self.add_module(f"{name}_bn", make_bn(cout, bn))
         if relu:
             self.add_module(f"{name}_relu", nn.ReLU(inplace=True))
@@ -141,26 +179,45 @@ class SegNet(nn.Module):
         relu = getattr(self, f"{name}_relu", None)
         return relu(x) if relu is not None else x
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    #: whether the decoder reads the pooled maps of every stage (the FCN variants do)
+    keeps_pooled = False
+
+    def encode(self, x: torch.Tensor) -> Encoded:
+        """The encoder. Maps the decoder does not read are not kept, so they are freed as soon as pooled."""
         if self.norm is not None:
             x = self.norm(x)
-        indices, sizes = [], []
+        out = Encoded(x, [], [], [], [])
         for stage, widths in enumerate(self.arch.encoder, start=1):
             for j in range(1, len(widths) + 1):
                 x = self._unit(self.encoder_name(stage, j), x)
-            sizes.append(x.shape[-2:])
+            out.sizes.append(x.shape[-2:])
+            if self.arch.encoder_addition:
+                out.features.append(x)
             x, idx = self.pool(x)
-            indices.append(idx)
+            out.indices.append(idx)
             if stage in self.arch.encoder_dropout:
                 x = getattr(self, f"encdrop{stage}")(x)
+            if self.keeps_pooled:
+                out.pooled.append(x)
+        out.x = x
+        return out
+
+    def decode(self, encoded: Encoded) -> torch.Tensor:
+        """The decoder: unpool each stage to the size its pooling started from, convolve; then classify."""
+        x = encoded.x
         for depth, widths in enumerate(self.arch.decoder):
             stage = len(self.arch.decoder) - depth
-            x = self.unpool(x, indices.pop(), sizes.pop())
+            x = self.unpool(x, encoded.indices[stage - 1], encoded.sizes[stage - 1])
             for j in range(len(widths)):
                 x = self._unit(self.decoder_name(stage, j), x)
+            if self.arch.encoder_addition:
+                x = x + encoded.features[stage - 1]
             if stage in self.arch.decoder_dropout:
                 x = getattr(self, f"decdrop{stage}")(x)
         return getattr(self, self.classifier_name)(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
 
     def reset_parameters(self) -> None:
         """He (msra) initialisation of the convolutions, zero biases, unit BN: the paper's recipe."""

@@ -1,7 +1,8 @@
 """Building blocks of the SegNet models, with caffe-segnet's exact semantics.
 
-The numbers come from the converter's layer functions (one home for each
-layer's semantics); this module wraps them as ordinary torch modules:
+The numbers come from ``converter.functional`` (the one home of Caffe's
+arithmetic, which the converted layers call too); this module wraps them as
+ordinary torch modules:
 
 - ``MaxPoolIndices`` / ``Unpool``: Caffe's ceil-mode max pooling (first
   maximum on ties) returning the pooling indices, and unpooling to the size
@@ -21,10 +22,16 @@ from typing import Literal
 import torch
 from torch import nn
 
-from converter.layers.batchnorm import SEGNET_BN_EPS, bn_inference, bn_learn
-from converter.layers.lrn import lrn_across_channels
-from converter.layers.pooling import max_pool2d
-from converter.layers.upsample import unpool2d
+from converter.functional import (
+    SEGNET_BN_EPS,
+    bn_inference,
+    bn_learn,
+    fold_into_conv,
+    fold_bn_statistics,
+    lrn_across_channels,
+    max_pool2d,
+    unpool2d,
+)
 
 BNKind = Literal["pytorch", "learn", "inference"]
 
@@ -131,9 +138,9 @@ def bn_to_caffe(module: nn.BatchNorm2d, mode: Literal["learn", "inference"]) -> 
     bias = module.bias.detach() if module.affine else torch.zeros(module.num_features)
     with torch.no_grad():
         if mode == "inference":
-            inv_std = torch.rsqrt(module.running_var + module.eps)
-            bn.scale.copy_((weight * inv_std).view(1, -1, 1, 1))
-            bn.shift.copy_((bias - module.running_mean * weight * inv_std).view(1, -1, 1, 1))
+            scale, shift = fold_bn_statistics(weight, bias, module.running_mean, module.running_var, module.eps)
+            bn.scale.copy_(scale.view(1, -1, 1, 1))
+            bn.shift.copy_(shift.view(1, -1, 1, 1))
         else:
             bn.scale.copy_(weight.view(1, -1, 1, 1))
             bn.shift.copy_(bias.view(1, -1, 1, 1))
@@ -177,11 +184,9 @@ def fold_bn(model: nn.Module) -> nn.Module:
                 raise ValueError(f"{name}: a LEARN-mode BN normalises with batch statistics and cannot be folded")
             scale, shift = bn.scale.view(-1), bn.shift.view(-1)
         else:
-            scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-            shift = bn.bias - bn.running_mean * scale
-        conv.weight.mul_(scale.view(-1, 1, 1, 1))
-        bias = conv.bias if conv.bias is not None else torch.zeros_like(shift)
-        new_bias = bias * scale + shift
+            scale, shift = fold_bn_statistics(bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps)
+        weight, new_bias = fold_into_conv(conv.weight, conv.bias, scale, shift)
+        conv.weight.copy_(weight)
         if conv.bias is None:
             conv.bias = nn.Parameter(new_bias)
         else:

@@ -1,4 +1,4 @@
-"""The SegNet paper's CamVid numbers, as data.
+"""The SegNet paper's numbers, as data: every figure the project compares with lives here.
 
 Table 1 of "SegNet: A Deep Convolutional Encoder-Decoder Architecture for
 Image Segmentation" (arXiv 1511.00561v3): decoder variants trained with
@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-METRICS = ("G", "C", "mIoU", "BF")
+from .metrics import METRICS
+
 SOURCE = "arXiv 1511.00561v3, Table 1"
 
 
@@ -74,6 +75,31 @@ def paper_row(name: str) -> PaperRow:
             return row
     raise KeyError(f"unknown paper row {name!r}; known rows: {', '.join(TABLE1)}")
 
+
+#: Table 1: trainable parameters in millions.
+PAPER_PARAMS_M = {
+    "Bilinear-Interpolation": 0.625,
+    "SegNet-Basic": 1.425,
+    "SegNet-Basic-EncoderAddition": 1.425,
+    "SegNet-Basic-SingleChannelDecoder": 0.625,
+    "FCN-Basic": 0.65,
+    "FCN-Basic-NoAddition": 0.65,
+    "FCN-Basic-NoDimReduction": 1.625,
+    "FCN-Basic-NoAddition-NoDimReduction": 1.625,
+}
+
+#: Table 1: storage multiplier (encoder maps kept for the decoder, relative to
+#: pooling indices) and the inference time (ms, 360x480, 2015 NVIDIA Titan).
+PAPER_STORAGE = {
+    "Bilinear-Interpolation": "0", "SegNet-Basic": "1", "SegNet-Basic-EncoderAddition": "64",
+    "SegNet-Basic-SingleChannelDecoder": "1", "FCN-Basic": "11", "FCN-Basic-NoAddition": "n/a",
+    "FCN-Basic-NoDimReduction": "64", "FCN-Basic-NoAddition-NoDimReduction": "0",
+}  # fmt: skip
+PAPER_TIME_MS = {
+    "Bilinear-Interpolation": 24.2, "SegNet-Basic": 52.6, "SegNet-Basic-EncoderAddition": 53.0,
+    "SegNet-Basic-SingleChannelDecoder": 33.1, "FCN-Basic": 24.2, "FCN-Basic-NoAddition": 23.8,
+    "FCN-Basic-NoDimReduction": 44.8, "FCN-Basic-NoAddition-NoDimReduction": 43.9,
+}  # fmt: skip
 
 #: Table 3: SegNet trained on 3433 road scenes without class balancing, tested
 #: on CamVid test; G, C, mIoU, BF (percent) after 40K, 80K and 140K iterations.

@@ -49,7 +49,7 @@ from .checkpoint import load_model, save_model
 from .class_weights import BALANCINGS, class_weights
 from .cli import add_data_option, add_progress_flag, data_root, parse_size, positive_int, run
 from .data import SegmentationDataset
-from .finetune import Start, starting_model
+from .finetune import Start, bn_notes, starting_model, unfold_inference_bn
 from .labels import LabelSpace
 from .loss import segnet_loss
 from .metrics import confusion_matrix, global_accuracy, match_size
@@ -299,13 +299,16 @@ def train(cfg: TrainConfig) -> dict:
     balancing = cfg.class_weights or ("prototxt" if space.class_weights is not None else "median")
     weights = None if balancing == "natural" else torch.tensor(class_weights(balancing, space, cfg.data),
                                                                 dtype=torch.float32)  # fmt: skip
+    model.to(run.device)
+    unfolded = unfold_inference_bn(model, train_set.images)  # (a resumed run then loads its own BN over it)
+    start.notes += [unfolded] if unfolded else []
+    start.notes += bn_notes(model)
     if run.main_process:
         run.out.mkdir(parents=True, exist_ok=True)
         run.log = open(run.out / "log.jsonl", "a")
     for note in start.notes:
         run.say(f"note: {note}")
 
-    model.to(run.device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(caffe_param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum)

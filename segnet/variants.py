@@ -30,93 +30,22 @@ the paper's and the reasons for the differences.
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import SEGNET_BASIC, SegNet, count_parameters
-from .nn import LRN, BNKind, MaxPoolIndices, Unpool, make_bn
+from .models import SEGNET_BASIC, Encoded, SegNet, count_parameters
+from .nn import BNKind, make_bn
+from .paper import PAPER_PARAMS_M
 
-#: Table 1 of the paper (arXiv 1511.00561v3): trainable parameters in millions.
-PAPER_PARAMS_M = {
-    "Bilinear-Interpolation": 0.625,
-    "SegNet-Basic": 1.425,
-    "SegNet-Basic-EncoderAddition": 1.425,
-    "SegNet-Basic-SingleChannelDecoder": 0.625,
-    "FCN-Basic": 0.65,
-    "FCN-Basic-NoAddition": 0.65,
-    "FCN-Basic-NoDimReduction": 1.625,
-    "FCN-Basic-NoAddition-NoDimReduction": 1.625,
-}
-
-#: Table 1: storage multiplier (encoder maps kept for the decoder, relative to
-#: pooling indices) and the inference time (ms, 360x480, 2015 NVIDIA Titan).
-PAPER_STORAGE = {
-    "Bilinear-Interpolation": "0", "SegNet-Basic": "1", "SegNet-Basic-EncoderAddition": "64",
-    "SegNet-Basic-SingleChannelDecoder": "1", "FCN-Basic": "11", "FCN-Basic-NoAddition": "n/a",
-    "FCN-Basic-NoDimReduction": "64", "FCN-Basic-NoAddition-NoDimReduction": "0",
-}  # fmt: skip
-PAPER_TIME_MS = {
-    "Bilinear-Interpolation": 24.2, "SegNet-Basic": 52.6, "SegNet-Basic-EncoderAddition": 53.0,
-    "SegNet-Basic-SingleChannelDecoder": 33.1, "FCN-Basic": 24.2, "FCN-Basic-NoAddition": 23.8,
-    "FCN-Basic-NoDimReduction": 44.8, "FCN-Basic-NoAddition-NoDimReduction": 43.9,
-}  # fmt: skip
-
-WIDTH, KERNEL, STAGES = 64, 7, 4
-
-
-class BasicEncoder(nn.Module):
-    """SegNet-Basic's encoder; returns the final pooled maps plus, per stage, the
-    pre-pooling maps, the pooled maps and the pooling indices."""
-
-    def __init__(self, in_channels: int = 3, bn: BNKind = "pytorch"):
-        super().__init__()
-        self.norm = LRN(5, 1e-4, 0.75)
-        self.pool = MaxPoolIndices(2, 2)
-        channels = in_channels
-        for stage in range(1, STAGES + 1):
-            self.add_module(f"conv{stage}", nn.Conv2d(channels, WIDTH, KERNEL, padding=KERNEL // 2))
-            self.add_module(f"conv{stage}_bn", make_bn(WIDTH, bn))
-            channels = WIDTH
-
-    def forward(self, x: torch.Tensor):
-        x = self.norm(x)
-        features, pooled, indices = [], [], []
-        for stage in range(1, STAGES + 1):
-            x = F.relu(getattr(self, f"conv{stage}_bn")(getattr(self, f"conv{stage}")(x)))
-            features.append(x)
-            x, idx = self.pool(x)
-            pooled.append(x)
-            indices.append(idx)
-        return features, pooled, indices
-
-
-class IndexDecoderNet(nn.Module):
-    """SegNet-Basic and its two index-based variants."""
-
-    def __init__(self, num_classes: int = 11, in_channels: int = 3, bn: BNKind = "pytorch",
-                 encoder_addition: bool = False, single_channel: bool = False):  # fmt: skip
-        super().__init__()
-        self.encoder = BasicEncoder(in_channels, bn)
-        self.unpool = Unpool()
-        self.encoder_addition = encoder_addition
-        groups = WIDTH if single_channel else 1
-        for stage in range(STAGES, 0, -1):
-            self.add_module(f"conv_decode{stage}", nn.Conv2d(WIDTH, WIDTH, KERNEL, padding=KERNEL // 2, groups=groups))
-            self.add_module(f"conv_decode{stage}_bn", make_bn(WIDTH, bn))
-        self.conv_classifier = nn.Conv2d(WIDTH, num_classes, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features, pooled, indices = self.encoder(x)
-        x = pooled[-1]
-        for stage in range(STAGES, 0, -1):
-            skip = features[stage - 1]
-            x = self.unpool(x, indices[stage - 1], skip.shape[-2:])
-            x = getattr(self, f"conv_decode{stage}_bn")(getattr(self, f"conv_decode{stage}")(x))
-            if self.encoder_addition:
-                x = x + skip
-        return self.conv_classifier(x)
+#: SegNet-Basic's two index-decoder variants: the same builder, configured.
+SEGNET_BASIC_ENCODER_ADDITION = replace(SEGNET_BASIC, name="SegNet-Basic-EncoderAddition", encoder_addition=True)
+SEGNET_BASIC_SINGLE_CHANNEL = replace(SEGNET_BASIC, name="SegNet-Basic-SingleChannelDecoder",
+                                      single_channel_decoder=True)  # fmt: skip
+#: The FCN variants keep SegNet-Basic's encoder and replace its decoder.
+BASIC_ENCODER = replace(SEGNET_BASIC, name="SegNet-Basic encoder", decoder=())
 
 
 def bilinear_deconv_(weight: torch.Tensor) -> None:
@@ -130,32 +59,40 @@ def bilinear_deconv_(weight: torch.Tensor) -> None:
             weight[c, c] = kernel
 
 
-class UpsampleDecoderNet(nn.Module):
-    """FCN-Basic and its variants, and Bilinear-Interpolation."""
+class UpsampleDecoderNet(SegNet):
+    """FCN-Basic and its variants, and Bilinear-Interpolation: SegNet-Basic's encoder, an upsampling decoder."""
+
+    keeps_pooled = True
 
     def __init__(self, num_classes: int = 11, in_channels: int = 3, bn: BNKind = "pytorch",
                  addition: bool = True, dim_reduction: bool = True, learned: bool = True):  # fmt: skip
-        super().__init__()
-        self.encoder = BasicEncoder(in_channels, bn)
         self.addition, self.dim_reduction, self.learned = addition, dim_reduction, learned
-        channels = num_classes if dim_reduction else WIDTH
+        super().__init__(BASIC_ENCODER, num_classes, in_channels, bn)
+
+    def _build_decoder(self, channels: int, num_classes: int, bn: BNKind) -> None:
+        stages = len(self.arch.encoder)
+        width = num_classes if self.dim_reduction else channels
         # BN follows every convolution and deconvolution but the one producing the class scores,
         # as the paper puts BN after each layer of encoder and decoder (and as lr 0.1 needs).
-        if dim_reduction:
-            self.score = nn.Sequential(nn.Conv2d(WIDTH, num_classes, 1), make_bn(num_classes, bn))
-            if addition:
-                for stage in range(1, STAGES):  # maps of pool1..pool3, reduced to K
+        if self.dim_reduction:
+            self.score = nn.Sequential(nn.Conv2d(channels, num_classes, 1), make_bn(num_classes, bn))
+            if self.addition:
+                for stage in range(1, stages):  # maps of pool1..pool3, reduced to K
                     self.add_module(f"score_pool{stage}",
-                                    nn.Sequential(nn.Conv2d(WIDTH, num_classes, 1), make_bn(num_classes, bn)))  # fmt: skip
-        if learned:
-            for stage in range(STAGES, 0, -1):
-                deconv = nn.ConvTranspose2d(channels, channels, 8, stride=2, padding=3, bias=False)
-                bilinear_deconv_(deconv.weight)
-                self.add_module(f"upscore{stage}", deconv)
-                scores = dim_reduction and stage == 1
-                self.add_module(f"upscore{stage}_bn", nn.Identity() if scores else make_bn(channels, bn))
-        if not dim_reduction:
-            self.conv_classifier = nn.Conv2d(WIDTH, num_classes, 1)
+                                    nn.Sequential(nn.Conv2d(channels, num_classes, 1), make_bn(num_classes, bn)))  # fmt: skip
+        if self.learned:
+            for stage in range(stages, 0, -1):
+                self.add_module(f"upscore{stage}", nn.ConvTranspose2d(width, width, 8, stride=2, padding=3, bias=False))
+                scores = self.dim_reduction and stage == 1
+                self.add_module(f"upscore{stage}_bn", nn.Identity() if scores else make_bn(width, bn))
+        if not self.dim_reduction:
+            self.conv_classifier = nn.Conv2d(channels, num_classes, 1)
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()  # He for the convolutions
+        for module in self.modules():
+            if isinstance(module, nn.ConvTranspose2d):
+                bilinear_deconv_(module.weight)
 
     def _upsample(self, x: torch.Tensor, stage: int, size) -> torch.Tensor:
         if not self.learned:
@@ -163,44 +100,36 @@ class UpsampleDecoderNet(nn.Module):
         x = getattr(self, f"upscore{stage}")(x)[..., : size[0], : size[1]]
         return getattr(self, f"upscore{stage}_bn")(x)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        features, pooled, _ = self.encoder(images)
-        x = self.score(pooled[-1]) if self.dim_reduction else pooled[-1]
-        for stage in range(STAGES, 0, -1):
-            size = features[stage - 1].shape[-2:]  # the resolution this stage's encoder started from
-            x = self._upsample(x, stage, size)
+    def decode(self, encoded: Encoded) -> torch.Tensor:
+        x = self.score(encoded.x) if self.dim_reduction else encoded.x
+        for stage in range(len(self.arch.encoder), 0, -1):
+            x = self._upsample(x, stage, encoded.sizes[stage - 1])  # the resolution this stage's encoder started from
             if self.addition and stage > 1:
-                skip = pooled[stage - 2]
+                skip = encoded.pooled[stage - 2]
                 x = x + (getattr(self, f"score_pool{stage - 1}")(skip) if self.dim_reduction else skip)
         return x if self.dim_reduction else self.conv_classifier(x)
 
 
+BUILDERS = {  # in the order of the paper's Table 1
+    "Bilinear-Interpolation": lambda k, c, bn: UpsampleDecoderNet(k, c, bn, addition=False, learned=False),
+    "SegNet-Basic": lambda k, c, bn: SegNet(SEGNET_BASIC, k, c, bn),
+    "SegNet-Basic-EncoderAddition": lambda k, c, bn: SegNet(SEGNET_BASIC_ENCODER_ADDITION, k, c, bn),
+    "SegNet-Basic-SingleChannelDecoder": lambda k, c, bn: SegNet(SEGNET_BASIC_SINGLE_CHANNEL, k, c, bn),
+    "FCN-Basic": lambda k, c, bn: UpsampleDecoderNet(k, c, bn),
+    "FCN-Basic-NoAddition": lambda k, c, bn: UpsampleDecoderNet(k, c, bn, addition=False),
+    "FCN-Basic-NoDimReduction": lambda k, c, bn: UpsampleDecoderNet(k, c, bn, dim_reduction=False),
+    "FCN-Basic-NoAddition-NoDimReduction": lambda k, c, bn: UpsampleDecoderNet(k, c, bn, addition=False,
+                                                                              dim_reduction=False),  # fmt: skip
+}
+VARIANTS = list(BUILDERS)
+
+
 def build_variant(name: str, num_classes: int = 11, bn: BNKind = "pytorch", in_channels: int = 3) -> nn.Module:
-    """One of the Table 1 networks, by the paper's name."""
-    builders = {
-        "SegNet-Basic": lambda: SegNet(SEGNET_BASIC, num_classes, in_channels, bn),
-        "SegNet-Basic-EncoderAddition": lambda: IndexDecoderNet(num_classes, in_channels, bn, encoder_addition=True),
-        "SegNet-Basic-SingleChannelDecoder": lambda: IndexDecoderNet(num_classes, in_channels, bn, single_channel=True),
-        "FCN-Basic": lambda: UpsampleDecoderNet(num_classes, in_channels, bn),
-        "FCN-Basic-NoAddition": lambda: UpsampleDecoderNet(num_classes, in_channels, bn, addition=False),
-        "FCN-Basic-NoDimReduction": lambda: UpsampleDecoderNet(num_classes, in_channels, bn, dim_reduction=False),
-        "FCN-Basic-NoAddition-NoDimReduction": lambda: UpsampleDecoderNet(
-            num_classes, in_channels, bn, addition=False, dim_reduction=False
-        ),
-        "Bilinear-Interpolation": lambda: UpsampleDecoderNet(num_classes, in_channels, bn, addition=False,
-                                                             learned=False),  # fmt: skip
-    }
-    if name not in builders:
-        raise KeyError(f"unknown variant {name!r}; choose from {', '.join(builders)}")
-    model = builders[name]()
-    for module in model.modules():  # He initialisation for every learned convolution
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
-            nn.init.zeros_(module.bias)
-    return model
+    """One of the Table 1 networks, by the paper's name, He-initialised (deconvolutions bilinear)."""
+    if name not in BUILDERS:
+        raise KeyError(f"unknown variant {name!r}; choose from {', '.join(BUILDERS)}")
+    return BUILDERS[name](num_classes, in_channels, bn)
 
-
-VARIANTS = list(PAPER_PARAMS_M)
 
 NOTES = """\
 Why the counts differ from the paper (which does not list its layers):
@@ -219,8 +148,11 @@ def parameter_table() -> str:
     lines = [f"{'variant':<38} {'ours (M)':>9} {'paper (M)':>10} {'ratio':>6}"]
     for name in VARIANTS:
         ours = count_parameters(build_variant(name)) / 1e6
-        paper = PAPER_PARAMS_M[name]
-        lines.append(f"{name:<38} {ours:>9.3f} {paper:>10.3f} {ours / paper:>6.2f}")
+        paper = PAPER_PARAMS_M.get(name)
+        if paper is None:
+            lines.append(f"{name:<38} {ours:>9.3f} {'-':>10} {'-':>6}")
+        else:
+            lines.append(f"{name:<38} {ours:>9.3f} {paper:>10.3f} {ours / paper:>6.2f}")
     return "\n".join(lines) + "\n\n" + NOTES
 
 

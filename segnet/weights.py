@@ -24,7 +24,7 @@ from converter import CaffeNet
 from converter.errors import UserError
 
 from .caffe_graph import CaffeSegmenter
-from .models import DROPOUT_RATIO, SEGNET, SEGNET_BASIC, Architecture, SegNet
+from .models import DROPOUT_RATIO, SEGNET, SEGNET_BASIC, Architecture, SegNet, decoder_name
 from .nn import CaffeBN
 
 
@@ -75,9 +75,21 @@ def architecture_of(net: CaffeNet) -> Architecture | None:
                 return None
             if abs(net.layer(step.name).ratio - DROPOUT_RATIO) > 1e-6:
                 return None
-    if not encoder and not decoder:
-        return base
-    return replace(base, name=f"Bayesian {base.name}", encoder_dropout=tuple(encoder), decoder_dropout=tuple(decoder))
+    arch = base
+    if encoder or decoder:
+        arch = replace(arch, name=f"Bayesian {base.name}", encoder_dropout=tuple(encoder), decoder_dropout=tuple(decoder))
+    decoders = [step for step in net.steps if step.type == "Convolution" and step.name in _decoder_names(base)]
+    if decoders and all(net.layer(step.name).group > 1 for step in decoders):
+        arch = replace(arch, name=f"{arch.name}-SingleChannelDecoder", single_channel_decoder=True)
+    if any(step.type == "Eltwise" and step.bottoms[0] in _decoder_names(base) for step in net.steps):
+        arch = replace(arch, name=f"{arch.name}-EncoderAddition", encoder_addition=True)
+    return arch
+
+
+def _decoder_names(arch: Architecture) -> set[str]:
+    """Layer names of the decoder convolutions (classifier excluded) of an architecture."""
+    stages = len(arch.decoder)
+    return {decoder_name(arch, stages - depth, j) for depth, widths in enumerate(arch.decoder) for j in range(len(widths))}
 
 
 def readable_twin(net: CaffeNet) -> SegNet | None:

@@ -84,7 +84,7 @@ def test_two_class_segnet_basic_from_caffe_files(tmp_path, cli):
                   "--batch-size", "2", "--val-every", "2", "--lr", "0.01", "--out", "run", "--no-progress",
                   cwd=tmp_path)  # fmt: skip
     assert "training the readable SegNet-Basic" in trained.stdout
-    assert "keep their folded statistics (INFERENCE mode)" in trained.stdout
+    assert "made the layers PyTorch BatchNorm" in trained.stdout
     vals = [e for e in events(tmp_path / "run") if e["event"] == "val"]
     assert [e["iteration"] for e in vals] == [0, 2, 4]  # the starting point is validated too
     assert "iteration 2: validation G" in trained.stdout  # shown without the progress bar
@@ -155,3 +155,55 @@ def test_converted_graph_without_a_readable_model_trains(tmp_path, cli):
     wider = cli("segnet.train", "--data", data, "--init", "run/best.pt", "--num-classes", "4", "--iterations", "1",
                 "--batch-size", "2", "--val-every", "0", "--out", "run4", "--no-progress", cwd=tmp_path)  # fmt: skip
     assert "classifier was re-initialised for 4 outputs" in wider.stdout
+
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "segnet_basic_camvid"
+
+
+def test_lr_zero_keeps_the_converted_example_accuracy(tmp_path, cli, camvid_dir):
+    """The example's BN is folded (INFERENCE): fine-tuning with --lr 0 must leave its accuracy where it was."""
+    net = converter.convert(EXAMPLE / "segnet_basic_camvid.prototxt", EXAMPLE / "segnet_basic_camvid.caffemodel")
+    converter.save(net, tmp_path / "example.pt")
+    data = tmp_path / "subset"  # a few CamVid images, listed by absolute path
+    data.mkdir()
+    for split, count in (("train", 4), ("val", 4)):
+        lines = (camvid_dir / f"{split}.txt").read_text().splitlines()[:count]
+        (data / f"{split}.txt").write_text("\n".join(
+            " ".join(str(camvid_dir / p[len("/SegNet/CamVid/"):]) for p in line.split()) for line in lines) + "\n")
+    trained = cli("segnet.train", "--data", data, "--init", "example.pt", "--lr", "0", "--iterations", "1",
+                  "--batch-size", "2", "--val-every", "1", "--out", "run", "--no-progress", cwd=tmp_path)  # fmt: skip
+    assert "training the readable SegNet-Basic" in trained.stdout
+    vals = {e["iteration"]: e["global_accuracy"] for e in events(tmp_path / "run") if e["event"] == "val"}
+    scored = cli("segnet.evaluate", "--data", data, "--split", "val", "--model", "example.pt", "--no-progress",
+                 "--out", "eval", cwd=tmp_path)  # fmt: skip
+    own = json.loads((tmp_path / "eval" / "report.json").read_text())["G"]
+    assert abs(vals[0] - own) < 1e-4  # the starting point is the model itself (BN unfolded: rounding only)
+    assert abs(vals[1] - own) < 0.001  # one step at lr 0 changes nothing (within 0.1 point)
+    assert own > 0.6  # a working model, not one wrecked by re-normalised BN
+
+
+def test_monte_carlo_dropout_on_a_converted_bayesian_net(tmp_path, cli):
+    from segnet.caffe_graph import CaffeSegmenter
+    from segnet.mc_dropout import mc_dropout_predict
+    from segnet.models import bayesian_segnet_basic
+
+    torch.manual_seed(0)
+    model = convert_bn(randomize_bn_statistics(bayesian_segnet_basic().eval()), "inference")
+    export_caffe(model, tmp_path / "b.prototxt", tmp_path / "b.caffemodel", input_size=SIZE)
+    net = converter.convert(tmp_path / "b.prototxt", tmp_path / "b.caffemodel")
+    converter.save(net, tmp_path / "bayes.pt")
+    mean, uncertainty = mc_dropout_predict(CaffeSegmenter(net, probabilities=True), torch.rand(1, 3, *SIZE) * 255, 4)
+    assert mean.shape == (1, 11, *SIZE) and float(uncertainty.max()) > 0
+    torch.testing.assert_close(mean.sum(dim=1), torch.ones(1, *SIZE))
+
+    image = tmp_path / "x.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (*SIZE, 3), dtype=np.uint8)).save(image)
+    plain = cli("segnet.predict", "bayes.pt", image, "-o", "a", cwd=tmp_path)
+    assert "has dropout layers" in plain.stderr and "one random sample per run" in plain.stderr
+    cli("segnet.predict", "bayes.pt", image, "-o", "b", cwd=tmp_path)
+    first, second = (np.array(Image.open(tmp_path / d / "x_segmentation.png")) for d in "ab")
+    assert np.array_equal(first, second)  # without sampling the answer does not change between runs
+    sampled = cli("segnet.predict", "bayes.pt", image, "-o", "mc", "--mc-samples", "3", cwd=tmp_path)
+    assert "x_uncertainty.png" in sampled.stdout and "has dropout layers" not in sampled.stderr
+    figure = Image.open(tmp_path / "mc" / "x_uncertainty.png")
+    assert figure.mode == "RGB" and figure.size[1] > SIZE[0]  # the map and its legend below it

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 import os
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from segnet.mc_dropout import mc_dropout_predict
 from segnet.models import bayesian_segnet_basic, segnet, segnet_basic
 from segnet.nn import CaffeBN, bn_to_caffe, bn_to_pytorch, convert_bn, fold_bn
 from segnet.registry import MODEL_NAMES, build_model
-from segnet.weights import WeightMismatchError, load_caffe_weights
+from segnet.weights import WeightMismatchError, load_caffe_weights, readable_twin
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -176,7 +177,11 @@ def test_folding_bn_into_convolutions():
 # ---------------------------------------------------------------- export, checkpoints, dropout
 
 
-@pytest.mark.parametrize("build, size", [(segnet_basic, (360, 480)), (segnet, (45, 61)), (bayesian_segnet_basic, (91, 121))])
+@pytest.mark.parametrize("build, size", [
+    (segnet_basic, (360, 480)), (segnet, (45, 61)), (bayesian_segnet_basic, (91, 121)),
+    (lambda: build_model("SegNet-Basic-EncoderAddition"), (45, 61)),
+    (lambda: build_model("SegNet-Basic-SingleChannelDecoder"), (45, 61)),
+], ids=["segnet_basic", "segnet", "bayesian_segnet_basic", "encoder_addition", "single_channel_decoder"])  # fmt: skip
 def test_export_reads_back_to_identical_outputs(tmp_path, build, size):
     torch.manual_seed(1)
     model = build().eval()
@@ -190,6 +195,8 @@ def test_export_reads_back_to_identical_outputs(tmp_path, build, size):
         assert torch.equal(torch.softmax(model(x), dim=1), net(data=x)["prob"])
     layers = {step.name: step.type for step in net.steps}
     assert layers["pool1"] == "Pooling" and layers[f"{model.encoder_name(1, 1)}_bn"] == "BN"
+    twin = readable_twin(net)  # the Caffe files load back into the readable model they came from
+    assert twin is not None and twin.arch == replace(model.arch, name=twin.arch.name)
 
 
 def test_checkpoint_round_trip_keeps_bn_kinds(tmp_path):
