@@ -22,38 +22,9 @@ from torch import nn
 from caffe_proto import caffe_pb2
 
 from ..fillers import fill
+# Caffe's arithmetic lives in converter.functional; its names stay importable from here.
+from ..functional import SEGNET_BN_EPS, batch_moments, bn_inference, bn_learn  # noqa: F401
 from .base import CaffeLayer, register
-
-#: caffe-segnet hard-codes this epsilon; it is effectively zero.
-SEGNET_BN_EPS = 1e-9
-
-
-def batch_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel batch mean and biased variance (1, C, 1, 1), as caffe-segnet computes them.
-
-    Spatial means first, then the mean over the batch; variance as
-    E[x^2] - E[x]^2.
-    """
-    mean = x.mean(dim=(2, 3), keepdim=True).mean(dim=0, keepdim=True)
-    mean_sq = x.square().mean(dim=(2, 3), keepdim=True).mean(dim=0, keepdim=True)
-    return mean, mean_sq - mean.square()
-
-
-def bn_learn(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, eps: float = SEGNET_BN_EPS):
-    """caffe-segnet BN in LEARN mode. Returns (y, batch mean, batch variance)."""
-    mean, var = batch_moments(x)
-    y = (x - mean) / torch.sqrt(var + eps) * scale + shift
-    return y, mean, var
-
-
-def bn_inference(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """caffe-segnet BN in INFERENCE mode.
-
-    Multiply, then add, as Caffe does: a fused multiply-add rounds once
-    instead of twice and moves more max-pooling near-ties away from Caffe's
-    choices. Adding in place saves one full-size temporary.
-    """
-    return (x * scale).add_(shift)
 
 
 @register("BN")

@@ -11,28 +11,12 @@ normalisation.
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
 
 from caffe_proto import caffe_pb2
 
+# Caffe's arithmetic lives in converter.functional; its names stay importable from here.
+from ..functional import lrn_across_channels, lrn_within_channel  # noqa: F401
 from .base import CaffeLayer, register
-
-
-def lrn_across_channels(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
-    half = (size - 1) // 2
-    channels = x.shape[1]
-    padded = F.pad(x.square(), (0, 0, 0, 0, half, half))  # zero channels beyond both ends
-    window_sum = padded[:, 0:channels]
-    for offset in range(1, size):
-        window_sum = window_sum + padded[:, offset : offset + channels]
-    return x * (k + (alpha / size) * window_sum).pow(-beta)
-
-
-def lrn_within_channel(x: torch.Tensor, size: int, alpha: float, beta: float) -> torch.Tensor:
-    half = (size - 1) // 2
-    mean_sq = F.avg_pool2d(x.square(), size, stride=1, padding=half, count_include_pad=True)
-    return x * (1 + alpha * mean_sq).pow(-beta)
 
 
 @register("LRN")

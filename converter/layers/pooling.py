@@ -19,85 +19,11 @@ from __future__ import annotations
 
 import math
 
-import torch
-import torch.nn.functional as F
-
 from caffe_proto import caffe_pb2
 
+# Caffe's arithmetic lives in converter.functional; its names stay importable from here.
+from ..functional import avg_pool2d, max_pool2d, pool_output_size  # noqa: F401
 from .base import CaffeLayer, pair, register
-
-
-def pool_output_size(size: int, kernel: int, stride: int, pad: int) -> int:
-    """Caffe's pooled size along one axis."""
-    out = int(math.ceil((size + 2 * pad - kernel) / stride)) + 1
-    if pad and (out - 1) * stride >= size + pad:
-        out -= 1
-    return out
-
-
-def _torch_ceil_size(size: int, kernel: int, stride: int, pad: int) -> int:
-    out = int(math.ceil((size + 2 * pad - kernel) / stride)) + 1
-    if (out - 1) * stride >= size + pad:
-        out -= 1
-    return out
-
-
-def _torch_agrees(size: tuple[int, int], kernel, stride, pad) -> bool:
-    """Whether torch's ceil-mode pooling gives Caffe's windows for this geometry."""
-    return all(
-        p <= k // 2 and _torch_ceil_size(s, k, st, p) == pool_output_size(s, k, st, p)
-        for s, k, st, p in zip(size, kernel, stride, pad)
-    )
-
-
-def _overhang(size: int, kernel: int, stride: int, pad: int) -> int:
-    """Padding needed past the input's end so that every Caffe window fits."""
-    out = pool_output_size(size, kernel, stride, pad)
-    return max(0, (out - 1) * stride + kernel - (size + 2 * pad)) + pad
-
-
-def max_pool2d(
-    x: torch.Tensor,
-    kernel: tuple[int, int],
-    stride: tuple[int, int],
-    pad: tuple[int, int] = (0, 0),
-    return_indices: bool = False,
-):
-    """Caffe's MAX pooling; with ``return_indices``, also the mask (int64)."""
-    size = tuple(x.shape[-2:])
-    if _torch_agrees(size, kernel, stride, pad):
-        return F.max_pool2d(x, kernel, stride, pad, ceil_mode=True, return_indices=return_indices)
-    # General case: pad with -inf so every Caffe window is a whole window,
-    # then translate indices from the padded plane back to the input plane.
-    (ph, pw), (h, w) = pad, size
-    bottom, right = _overhang(h, kernel[0], stride[0], ph), _overhang(w, kernel[1], stride[1], pw)
-    padded = F.pad(x, (pw, right, ph, bottom), value=float("-inf"))
-    if not return_indices:
-        return F.max_pool2d(padded, kernel, stride)
-    out, idx = F.max_pool2d(padded, kernel, stride, return_indices=True)
-    padded_w = w + pw + right
-    idx = (idx // padded_w - ph) * w + (idx % padded_w - pw)
-    return out, idx
-
-
-def avg_pool2d(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int], pad: tuple[int, int] = (0, 0)):
-    """Caffe's AVE pooling (divisor rule in the module docstring)."""
-    size = tuple(x.shape[-2:])
-    if _torch_agrees(size, kernel, stride, pad):
-        # torch's count_include_pad divisor clips window ends to in + pad, as Caffe does.
-        return F.avg_pool2d(x, kernel, stride, pad, ceil_mode=True, count_include_pad=True)
-    (ph, pw), (h, w) = pad, size
-    bottom, right = _overhang(h, kernel[0], stride[0], ph), _overhang(w, kernel[1], stride[1], pw)
-    sums = F.avg_pool2d(F.pad(x, (pw, right, ph, bottom)), kernel, stride, divisor_override=1)
-    div_h = _window_extent(h, kernel[0], stride[0], ph, sums.shape[-2])
-    div_w = _window_extent(w, kernel[1], stride[1], pw, sums.shape[-1])
-    return sums / (div_h[:, None] * div_w[None, :]).to(x.dtype)
-
-
-def _window_extent(size: int, kernel: int, stride: int, pad: int, out: int) -> torch.Tensor:
-    start = torch.arange(out) * stride - pad
-    end = torch.clamp(start + kernel, max=size + pad)
-    return (end - start).double()
 
 
 @register("Pooling")

@@ -17,9 +17,9 @@ import math
 
 import torch
 
+# Caffe's arithmetic lives in converter.functional; its names stay importable from here.
+from ..functional import FLT_MIN, softmax_with_loss  # noqa: F401
 from .base import CaffeLayer, canonical_axis, register
-
-FLT_MIN = torch.finfo(torch.float32).tiny
 
 
 @register("Softmax")
@@ -30,67 +30,6 @@ class Softmax(CaffeLayer):
 
     def forward(self, x):
         return (torch.softmax(x, dim=self.axis),)
-
-
-class _SoftmaxLossFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, logits, labels, weights, ignore_label, normalize, axis):
-        # Work on (outer, C, inner) views.
-        shape = logits.shape
-        outer = math.prod(shape[:axis])
-        classes = shape[axis]
-        x = logits.reshape(outer, classes, -1)
-        prob = torch.softmax(x, dim=1)
-        label = labels.reshape(outer, -1).to(torch.int64)  # Caffe truncates float labels
-        valid = torch.ones_like(label, dtype=torch.bool) if ignore_label is None else label != ignore_label
-        bad = valid & ((label < 0) | (label >= classes))
-        if bad.any():
-            value = int(label[bad][0])
-            raise ValueError(f"label {value} is outside 0..{classes - 1} and is not the ignore_label")
-        safe = torch.where(valid, label, torch.zeros_like(label))
-        p = prob.gather(1, safe.unsqueeze(1)).squeeze(1)
-        term = -torch.log(torch.clamp(p, min=FLT_MIN))
-        w = weights[safe].to(prob.dtype) if weights is not None else None
-        if w is not None:
-            term = term * w
-        term = torch.where(valid, term, torch.zeros_like(term))
-        count = int(valid.sum())
-        divisor = float(count) if normalize else float(outer)
-        loss = term.double().sum() / divisor
-        ctx.set_materialize_grads(False)
-        ctx.save_for_backward(prob, safe, valid)
-        ctx.weights = w
-        ctx.divisor = divisor
-        ctx.shape = shape
-        return loss.to(logits.dtype).reshape(()), prob.reshape(shape)
-
-    @staticmethod
-    def backward(ctx, grad_loss, grad_prob):
-        prob, label, valid = ctx.saved_tensors
-        grad = torch.zeros_like(prob)
-        if grad_loss is not None:
-            grad = prob.clone()
-            grad.scatter_add_(1, label.unsqueeze(1), -torch.ones_like(prob[:, :1]))
-            if ctx.weights is not None:
-                grad = grad * ctx.weights.unsqueeze(1)
-            grad = grad * valid.unsqueeze(1).to(grad.dtype)
-            grad = grad * (grad_loss / ctx.divisor)
-        if grad_prob is not None:  # the prob top used elsewhere: plain softmax backward
-            g = grad_prob.reshape(prob.shape)
-            grad = grad + prob * (g - (g * prob).sum(dim=1, keepdim=True))
-        return grad.reshape(ctx.shape), None, None, None, None, None
-
-
-def softmax_with_loss(
-    logits: torch.Tensor,
-    labels: torch.Tensor,
-    class_weights: torch.Tensor | None = None,
-    ignore_label: int | None = None,
-    normalize: bool = True,
-    axis: int = 1,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """caffe-segnet's weighted softmax loss. Returns (loss, prob)."""
-    return _SoftmaxLossFunction.apply(logits, labels, class_weights, ignore_label, normalize, axis)
 
 
 @register("SoftmaxWithLoss")

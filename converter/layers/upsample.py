@@ -12,25 +12,9 @@ The gradient flows back as ``bottom_diff[i] = top_diff[mask[i]]``.
 
 from __future__ import annotations
 
-import torch
-
+# Caffe's arithmetic lives in converter.functional; its names stay importable from here.
+from ..functional import unpool2d  # noqa: F401
 from .base import CaffeLayer, register
-
-
-def unpool2d(x: torch.Tensor, mask: torch.Tensor, out_h: int, out_w: int, unique: bool = False) -> torch.Tensor:
-    """Place ``x`` at the flat positions ``mask`` in an ``out_h x out_w`` zero plane.
-
-    Where positions repeat (masks of overlapping pooling windows), a later
-    value wins, as in Caffe's loop. ``unique`` says the positions cannot
-    repeat (non-overlapping pooling): then ATen's max_unpool2d, about twice as
-    fast, is used; it does not promise an order for repeated positions.
-    """
-    index = mask if mask.dtype == torch.int64 else mask.long()
-    if unique:
-        return torch.ops.aten.max_unpool2d(x, index, [out_h, out_w])
-    n, c = x.shape[:2]
-    out = x.new_zeros(n, c, out_h * out_w)
-    return out.scatter(2, index.reshape(n, c, -1), x.reshape(n, c, -1)).view(n, c, out_h, out_w)
 
 
 @register("Upsample")
