@@ -23,6 +23,7 @@ from segnet.cli import add_data_option, add_progress_flag, data_root, run
 from segnet.caffe_graph import CaffeSegmenter
 from segnet.data import SegmentationDataset
 from segnet.mc_dropout import dropout_layers, dropout_sampling
+from segnet.metrics import METRICS
 from segnet.evaluate import evaluate, format_report, model_predictions
 from segnet.paper import TABLE3_SEGNET, paper_row
 from segnet.models import SEGNET, SEGNET_BASIC
@@ -30,7 +31,7 @@ from segnet.weights import architecture_of
 
 def paper_rows(net: converter.CaffeNet) -> dict[str, dict[str, float]]:
     arch = architecture_of(net)
-    keys = ("G", "C", "mIoU", "BF")
+    keys = METRICS
     if arch is SEGNET_BASIC:
         return {f"Table 1 {r}": paper_row(r).values() for r in ("SegNet-Basic", "SegNet-Basic/natural")}
     if arch is SEGNET:
@@ -72,9 +73,9 @@ def _command(args: argparse.Namespace) -> int:
     rows = paper_rows(net)
     if rows:
         print(f"\n{'':<50} {'G':>6} {'C':>6} {'mIoU':>6} {'BF':>6}")
-        print(f"{'ours':<50} " + " ".join(f"{100 * summary[k]:>6.2f}" for k in ("G", "C", "mIoU", "BF")))
+        print(f"{'ours':<50} " + " ".join(f"{100 * summary[k]:>6.2f}" for k in METRICS))
         for label, values in rows.items():
-            print(f"{label:<50} " + " ".join(f"{values[k]:>6.2f}" for k in ("G", "C", "mIoU", "BF")))
+            print(f"{label:<50} " + " ".join(f"{values[k]:>6.2f}" for k in METRICS))
     if args.out:
         Path(args.out, "report.json").write_text(json.dumps({k: v for k, v in summary.items() if k != "confusion_matrix"},
                                                             indent=1, default=float))  # fmt: skip

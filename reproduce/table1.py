@@ -45,7 +45,9 @@ from segnet.models import count_parameters
 from segnet.paper import paper_row
 from segnet.registry import build_model
 from segnet.train import TrainConfig, TrainingDiverged, train
-from segnet.variants import PAPER_PARAMS_M, PAPER_STORAGE, PAPER_TIME_MS, VARIANTS
+from segnet.metrics import METRICS
+from segnet.paper import PAPER_PARAMS_M, PAPER_STORAGE, PAPER_TIME_MS
+from segnet.variants import VARIANTS
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "reproduce" / "results"
@@ -122,7 +124,7 @@ def run_job(variant: str, balancing: str, budget: Budget, data: Path, out: Path,
         "budget": asdict(budget),
         "best_iteration": summary["best"]["iteration"],
         "val_global_accuracy": summary["best"]["accuracy"],
-        "test": {k: 100 * metrics[k] for k in ("G", "C", "mIoU", "BF")},
+        "test": {k: 100 * metrics[k] for k in METRICS},
         "params": count_parameters(build_model(cfg.model)),
         "inference_ms": inference_ms(model.cpu(), budget.image_size),
         "train_seconds": train_seconds,
@@ -173,7 +175,7 @@ def assemble_table(results: list[dict], budget: Budget, command: str, hw: str) -
         if "diverged" in r:
             lines.append(f"| {r['variant']} | {r['balancing']} | | {r['diverged']} | | | | | |")
             continue
-        cells = [f"{paper[m]:.1f} / {r['test'][m]:.1f} / {r['test'][m] - paper[m]:+.1f}" for m in ("G", "C", "mIoU", "BF")]
+        cells = [f"{paper[m]:.1f} / {r['test'][m]:.1f} / {r['test'][m] - paper[m]:+.1f}" for m in METRICS]
         lines.append(
             f"| {r['variant']} | {r['balancing']} | {r['params'] / 1e6:.3f} / {PAPER_PARAMS_M[r['variant']]} | "
             + " | ".join(cells)
