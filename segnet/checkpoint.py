@@ -142,7 +142,7 @@ def save_model(path: str | Path, model: nn.Module, meta: dict[str, Any] | None =
         state = net.state_dict()
     else:
         name = getattr(model, "registry_name", None)
-        if isinstance(model, SegNet):
+        if type(model) is SegNet:  # any configuration of the builder; subclasses (FCN variants) go by name
             payload["architecture"] = asdict(model.arch)
             name = name or "segnet-family"
         if name is None:

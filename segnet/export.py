@@ -27,7 +27,7 @@ from converter.writer import save_caffemodel, write_caffemodel
 
 from .cli import add_progress_flag, parse_size, run
 
-from .models import DROPOUT_RATIO, SegNet
+from .models import DROPOUT_RATIO, SegNet, in_segnet_family
 from .nn import CaffeBN, bn_to_caffe
 
 
@@ -180,7 +180,7 @@ def _command(args: argparse.Namespace) -> int:
             raise UserError("a converted net is written at the size it was built for; drop --input-size",
                             args.checkpoint)  # fmt: skip
         export_graph(model, args.prototxt, args.caffemodel)
-    elif isinstance(model, SegNet):
+    elif in_segnet_family(model):
         size = args.input_size or declared_input_size(model) or (360, 480)
         export_caffe(model, args.prototxt, args.caffemodel, size, args.bn_mode)
     else:

@@ -42,7 +42,7 @@ from converter.layers.batchnorm import BatchNorm as CaffeGraphBatchNorm
 from .caffe_graph import CaffeSegmenter, num_outputs
 from .checkpoint import load_model
 from .labels import LabelSpace, get_label_space, label_space_for
-from .models import SegNet
+from .models import in_segnet_family
 from .nn import CaffeBN
 from .registry import build_model
 from .weights import WeightMismatchError, load_caffe_weights, readable_twin
@@ -118,7 +118,7 @@ def classifier_layer(net: CaffeNet, scores: str) -> str:
 
 def with_new_classifier(model: nn.Module, outputs: int) -> nn.Module:
     """``model`` with a new He-initialised classifier of ``outputs`` channels (SegNet family or converted graph)."""
-    if isinstance(model, SegNet):
+    if in_segnet_family(model):
         old = getattr(model, model.classifier_name)
         new = nn.Conv2d(old.in_channels, outputs, old.kernel_size, padding=old.padding).to(old.weight.device)
         _he(new.weight, new.bias)
@@ -187,13 +187,14 @@ def bn_notes(model: nn.Module) -> list[str]:
 
 
 @torch.no_grad()
-def unfold_inference_bn(model: nn.Module, images: torch.Tensor, batch_size: int = 4) -> str | None:
+def unfold_inference_bn(model: nn.Module, images: torch.Tensor, batch_size: int = 4, limit: int = 64) -> str | None:
     """Turn every INFERENCE-mode ``CaffeBN`` of a readable model into a PyTorch BatchNorm with the same outputs.
 
     The folded form ``y = s * x + t`` lost the statistics BN needs to train.
     They are measured again: the per-channel mean and (biased) variance of
-    each such layer's input over ``images`` (averaged over batches of
-    ``batch_size``, as segnet.bn_stats does). Then ``running_mean = mean``,
+    each such layer's input over the first ``limit`` of ``images`` (averaged
+    over batches of ``batch_size``, as segnet.bn_stats does; the outputs are
+    kept whatever the statistics, which only set where training starts). Then ``running_mean = mean``,
     ``running_var = var``, ``weight = s * sqrt(var + eps)``, ``bias = t + s * mean``
     computes ``s * x + t`` again in evaluation mode. Returns a note for the
     user, or None when there was nothing to unfold.
@@ -214,6 +215,7 @@ def unfold_inference_bn(model: nn.Module, images: torch.Tensor, batch_size: int 
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    images = images[:limit]
     try:
         for start in range(0, len(images), batch_size):
             model(images[start : start + batch_size].float().to(device))

@@ -29,7 +29,7 @@ from torch import nn
 
 from converter.functional import max_pool2d, pool_output_size
 
-from .models import SegNet
+from .models import SegNet, in_segnet_family
 from .nn import MaxPoolIndices, Unpool, fold_bn
 
 
@@ -110,7 +110,7 @@ def optimize_for_inference(
     for p in model.parameters():
         p.requires_grad_(False)
     if bf16 == "decoder":
-        if not isinstance(model, SegNet):
+        if not in_segnet_family(model):
             raise ValueError("bf16='decoder' needs a SegNet-family model")
         decoder = [name for name, _ in model.conv_units()][sum(len(w) for w in model.arch.encoder) :]
         for name in decoder:

@@ -227,6 +227,11 @@ class SegNet(nn.Module):
                 nn.init.zeros_(module.bias)
 
 
+def in_segnet_family(model: nn.Module) -> bool:
+    """A SegNet-family model (any configuration of the builder), not a variant that only borrows its encoder."""
+    return type(model) is SegNet
+
+
 def segnet(num_classes: int = 11, bn: BNKind = "pytorch", in_channels: int = 3) -> SegNet:
     """SegNet: VGG-16 encoder, mirrored decoder, 3x3 classifier."""
     return SegNet(SEGNET, num_classes, in_channels, bn)

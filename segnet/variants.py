@@ -38,6 +38,7 @@ from torch import nn
 
 from .models import SEGNET_BASIC, Encoded, SegNet, count_parameters
 from .nn import BNKind, make_bn
+from .cli import add_progress_flag
 from .paper import PAPER_PARAMS_M
 
 #: SegNet-Basic's two index-decoder variants: the same builder, configured.
@@ -157,10 +158,12 @@ def parameter_table() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argparse.ArgumentParser(
+    parser = argparse.ArgumentParser(
         prog="python -m segnet.variants",
         description="Print the trainable parameter counts of the paper's Table 1 decoder variants beside the paper's.",
-    ).parse_args(argv)
+    )
+    add_progress_flag(parser)  # accepted for uniform scripting; nothing here shows progress
+    parser.parse_args(argv)
     print(parameter_table())
     return 0
 
