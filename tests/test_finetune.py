@@ -24,6 +24,7 @@ from converter.cli import main as converter_main
 from converter.writer import save_caffemodel
 from segnet.evaluate import main as evaluate_main
 from segnet.export import export_caffe
+from segnet.export import main as export_main
 from segnet.predict import main as predict_main
 from segnet.train import main as train_main
 from segnet.models import segnet_basic
@@ -33,7 +34,7 @@ SIZE = (24, 32)
 
 
 COMMANDS = {"converter": converter_main, "segnet.train": train_main, "segnet.evaluate": evaluate_main,
-            "segnet.predict": predict_main}  # fmt: skip
+            "segnet.predict": predict_main, "segnet.export": export_main}  # fmt: skip
 
 
 @pytest.fixture
@@ -152,6 +153,11 @@ def test_converted_graph_without_a_readable_model_trains(tmp_path, cli):
     cli("segnet.evaluate", "--data", data, "--model", "run/best.pt", "--no-progress", cwd=tmp_path)
     cli("segnet.predict", "run/best.pt", data / "test" / "images" / "test1.jpg", "-o", "pred", cwd=tmp_path)
     assert Image.open(tmp_path / "pred" / "test1_segmentation.png").mode == "P"
+    exported = cli("segnet.export", "run/best.pt", "--prototxt", "tuned.prototxt", "--caffemodel", "tuned.caffemodel",
+                   cwd=tmp_path)  # fmt: skip
+    assert "wrote tuned.prototxt" in exported.stdout
+    again = converter.convert(tmp_path / "tuned.prototxt", tmp_path / "tuned.caffemodel")  # the fine-tuned net, as Caffe files
+    assert {step.type for step in again.steps} >= {"BatchNorm", "Scale", "Upsample"}
     wider = cli("segnet.train", "--data", data, "--init", "run/best.pt", "--num-classes", "4", "--iterations", "1",
                 "--batch-size", "2", "--val-every", "0", "--out", "run4", "--no-progress", cwd=tmp_path)  # fmt: skip
     assert "classifier was re-initialised for 4 outputs" in wider.stdout

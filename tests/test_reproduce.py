@@ -140,3 +140,22 @@ def test_evaluate_caffe_prints_the_papers_rows(oracle_dir, camvid_dir, capsys):
     assert code == 0
     assert "Table 1 SegNet-Basic " in out and "82.70" in out
     assert any(line.startswith("ours ") for line in out.splitlines())
+
+
+def test_evaluate_caffe_takes_a_training_prototxt(oracle_dir, camvid_dir, capsys):
+    """A LEARN-mode training net: only the layers the scores need run (no label input), with a warning."""
+    evaluate_caffe = _script("evaluate_caffe")
+    code = evaluate_caffe.main([str(oracle_dir / "segnet_basic_train.prototxt"), str(oracle_dir / "segnet_basic_train.caffemodel"),
+                                "--data", str(camvid_dir), "--limit", "1", "--no-progress"])  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "LEARN mode" in captured.err and any(line.startswith("ours ") for line in captured.out.splitlines())
+
+
+def test_evaluate_caffe_without_data_is_one_line(oracle_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SEGNET_SHARED", str(tmp_path))  # nothing there
+    evaluate_caffe = _script("evaluate_caffe")
+    code = evaluate_caffe.main([str(oracle_dir / "segnet_basic_inference.prototxt"),
+                                str(oracle_dir / "segnet_basic.caffemodel"), "--no-progress"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: no data set: give --data ROOT") and err.count("\n") == 1
