@@ -23,6 +23,7 @@ an Nx3xHxW float batch (BGR, 0..255, as caffe-segnet fed it) to scores
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -41,7 +42,8 @@ from segnet.caffe_graph import as_segmenter, declared_input_size, num_outputs
 from segnet.cli import add_data_option, add_progress_flag, data_root, parse_size, run
 from segnet.data import SegmentationDataset
 from segnet.imageio import read_label
-from segnet.labels import LabelSpace, label_space_for
+from segnet.labels import label_space_for
+from segnet.mc_dropout import dropout_layers, dropout_sampling
 from segnet.metrics import METRICS, SegmentationMetrics
 from segnet.paper import SOURCE, PaperRow, paper_row
 
@@ -106,11 +108,13 @@ def model_predictions(
 ) -> Iterator[np.ndarray]:
     """Label-id maps (HxW uint8) of ``model`` on every image, in dataset order, at the size the model made them."""
     outputs = dataset.label_space.num_outputs
+    sampling = contextlib.nullcontext()
     if isinstance(model, torch.nn.Module):
         model = model.to(device).eval()
+        sampling = dropout_sampling(model, False)  # a Bayesian net scores in dropout's test mode, not one sample
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     done = 0
-    with torch.no_grad():
+    with torch.no_grad(), sampling:
         for images, _ in loader:
             try:
                 output = model(images.to(device))
@@ -272,6 +276,9 @@ def _command(args: argparse.Namespace) -> int:
         if device.type == "cuda" and not torch.cuda.is_available():
             raise EvaluationError("--device cuda asked for, but torch sees no CUDA device")
         model = load_model(args.model)
+        if dropout_layers(model):
+            print(f"note: {args.model} has dropout layers (a Bayesian model): scored with dropout in its test mode, "
+                  "no Monte-Carlo sampling", file=sys.stderr)  # fmt: skip
         space, note = label_space_for(args.labels, num_outputs(model), getattr(model, "label_space", None))
         if note:
             print(f"note: {note}", file=sys.stderr)

@@ -52,6 +52,7 @@ from .data import SegmentationDataset
 from .finetune import Start, bn_notes, starting_model, unfold_inference_bn
 from .labels import LabelSpace
 from .loss import segnet_loss
+from .mc_dropout import dropout_sampling
 from .metrics import confusion_matrix, global_accuracy, match_size
 from .nn import CaffeBN
 from .registry import MODEL_NAMES
@@ -206,7 +207,7 @@ def validation_accuracy(model: nn.Module, dataset: ValidationSet, device: torch.
     cm = 0
     for start in range(0, len(dataset), batch_size):
         images = dataset.images[start : start + batch_size].float().to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16), dropout_sampling(model, False):
             pred = model(images).argmax(dim=1).cpu().numpy()
         for gt, p in zip(dataset.labels[start : start + batch_size], pred):
             p = match_size(p, gt.shape)

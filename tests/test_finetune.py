@@ -209,6 +209,15 @@ def test_monte_carlo_dropout_on_a_converted_bayesian_net(tmp_path, cli):
     cli("segnet.predict", "bayes.pt", image, "-o", "b", cwd=tmp_path)
     first, second = (np.array(Image.open(tmp_path / d / "x_segmentation.png")) for d in "ab")
     assert np.array_equal(first, second)  # without sampling the answer does not change between runs
+    data = make_road_data(tmp_path / "roads", counts=(("test", 1),))  # ids 0, 1 and void 255: 11 outputs, void 255
+    (tmp_path / "eleven.json").write_text(json.dumps({"names": [f"c{i}" for i in range(11)], "void": 255}))
+    first_score = cli("segnet.evaluate", "--data", data, "--model", "bayes.pt", "--labels", "eleven.json",
+                      "--no-progress", "--out", "e1", cwd=tmp_path)  # fmt: skip
+    assert "has dropout layers" in first_score.stderr
+    cli("segnet.evaluate", "--data", data, "--model", "bayes.pt", "--labels", "eleven.json", "--no-progress", "--out",
+        "e2", cwd=tmp_path)  # fmt: skip
+    scores = [json.loads((tmp_path / d / "report.json").read_text())["G"] for d in ("e1", "e2")]
+    assert scores[0] == scores[1]  # evaluation does not draw dropout samples
     sampled = cli("segnet.predict", "bayes.pt", image, "-o", "mc", "--mc-samples", "3", cwd=tmp_path)
     assert "x_uncertainty.png" in sampled.stdout and "has dropout layers" not in sampled.stderr
     figure = Image.open(tmp_path / "mc" / "x_uncertainty.png")
