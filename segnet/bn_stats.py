@@ -55,7 +55,7 @@ def _learn_bns(model: nn.Module) -> dict[str, nn.Module]:
     return {
         name: m
         for name, m in model.named_modules()
-        if isinstance(m, (CaffeBN, CaffeGraphBN)) and m.mode.lower() == "learn"
+        if isinstance(m, (CaffeBN, CaffeGraphBN)) and m.mode == "LEARN"
     }
 
 
@@ -114,7 +114,7 @@ def fold_statistics(model: nn.Module, stats: dict[str, tuple[torch.Tensor, torch
         scale, shift = fold_bn_statistics(bn.scale, bn.shift, mean.view_as(bn.scale), var.view_as(bn.scale))
         bn.scale.copy_(scale)
         bn.shift.copy_(shift)
-        bn.mode = "INFERENCE" if isinstance(bn, CaffeGraphBN) else "inference"
+        bn.mode = "INFERENCE"
     if isinstance(model, CaffeNet):  # keep the net definition in step with the modules
         for layer in model.net_param.layer:
             if layer.type == "BN":

@@ -102,7 +102,7 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def bn_layout(model: nn.Module) -> dict[str, str]:
-    """Which BN kind each BN module is ("pytorch", "learn", "inference"), to rebuild it."""
+    """Which BN kind each BN module is ("pytorch", or Caffe's mode "LEARN" / "INFERENCE"), to rebuild it."""
     kinds = {}
     for name, module in model.named_modules():
         if isinstance(module, CaffeBN):

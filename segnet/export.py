@@ -34,9 +34,9 @@ from .nn import CaffeBN, bn_to_caffe
 def _bn_blobs(module: nn.Module, mode: str) -> tuple[str, list[np.ndarray]]:
     if isinstance(module, nn.BatchNorm2d):
         module = bn_to_caffe(module, mode)
-    elif isinstance(module, CaffeBN) and module.mode != mode:
+    elif isinstance(module, CaffeBN) and module.mode != mode.upper():
         raise ValueError(f"a {module.mode.upper()} BN cannot be exported as {mode.upper()}")
-    return module.mode.upper(), [module.scale.detach().cpu().numpy(), module.shift.detach().cpu().numpy()]
+    return module.mode, [module.scale.detach().cpu().numpy(), module.shift.detach().cpu().numpy()]
 
 
 def to_caffe(

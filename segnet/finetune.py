@@ -199,7 +199,7 @@ def unfold_inference_bn(model: nn.Module, images: torch.Tensor, batch_size: int 
     computes ``s * x + t`` again in evaluation mode. Returns a note for the
     user, or None when there was nothing to unfold.
     """
-    folded = {name: m for name, m in model.named_modules() if isinstance(m, CaffeBN) and m.mode == "inference"}
+    folded = {name: m for name, m in model.named_modules() if isinstance(m, CaffeBN) and m.mode == "INFERENCE"}
     if not folded or isinstance(model, CaffeSegmenter):
         return None
     sums = {name: [0.0, 0.0, 0] for name in folded}

@@ -71,16 +71,18 @@ class LRN(nn.Module):
 class CaffeBN(nn.Module):
     """caffe-segnet's BN layer. Parameters ``scale`` and ``shift`` have shape (1, C, 1, 1), as in Caffe.
 
-    mode "learn": y = scale * (x - mean) / sqrt(var + 1e-9) + shift with the
+    mode LEARN: y = scale * (x - mean) / sqrt(var + 1e-9) + shift with the
     current batch's statistics, whether training or not (as caffe-segnet).
-    mode "inference": y = scale * x + shift (statistics folded in).
+    mode INFERENCE: y = scale * x + shift (statistics folded in).
+    ``mode`` is spelled as Caffe spells it (the converted BN layers' ``mode``
+    too); "learn" and "inference" are accepted.
     """
 
-    def __init__(self, channels: int, mode: Literal["learn", "inference"] = "learn"):
+    def __init__(self, channels: int, mode: str = "LEARN"):
         super().__init__()
-        if mode not in ("learn", "inference"):
-            raise ValueError(f"BN mode must be 'learn' or 'inference', not {mode!r}")
-        self.mode = mode
+        if mode.upper() not in ("LEARN", "INFERENCE"):
+            raise ValueError(f"BN mode must be LEARN or INFERENCE, not {mode!r}")
+        self.mode = mode.upper()
         self.scale = nn.Parameter(torch.ones(1, channels, 1, 1))
         self.shift = nn.Parameter(torch.zeros(1, channels, 1, 1))
 
@@ -89,7 +91,7 @@ class CaffeBN(nn.Module):
         return self.scale.shape[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.mode == "inference":
+        if self.mode == "INFERENCE":
             return bn_inference(x, self.scale, self.shift)
         return bn_learn(x, self.scale, self.shift)[0]
 
@@ -119,7 +121,7 @@ def bn_to_pytorch(module: CaffeBN) -> nn.BatchNorm2d:
     with torch.no_grad():
         bn.weight.copy_(module.scale.view(-1))
         bn.bias.copy_(module.shift.view(-1))
-        if module.mode == "inference":
+        if module.mode == "INFERENCE":
             bn.running_mean.zero_()
             bn.running_var.fill_(1.0 - SEGNET_BN_EPS)  # 1 - 1e-9 + 1e-9 == 1 in float32
             bn.eval()
@@ -137,7 +139,7 @@ def bn_to_caffe(module: nn.BatchNorm2d, mode: Literal["learn", "inference"]) -> 
     weight = module.weight.detach() if module.affine else torch.ones(module.num_features)
     bias = module.bias.detach() if module.affine else torch.zeros(module.num_features)
     with torch.no_grad():
-        if mode == "inference":
+        if mode.upper() == "INFERENCE":
             scale, shift = fold_bn_statistics(weight, bias, module.running_mean, module.running_var, module.eps)
             bn.scale.copy_(scale.view(1, -1, 1, 1))
             bn.shift.copy_(shift.view(1, -1, 1, 1))
@@ -153,7 +155,7 @@ def convert_bn(model: nn.Module, kind: BNKind) -> nn.Module:
         if isinstance(child, CaffeBN):
             if kind == "pytorch":
                 setattr(model, name, bn_to_pytorch(child))
-            elif child.mode != kind:
+            elif child.mode != kind.upper():
                 # LEARN -> INFERENCE needs dataset statistics (segnet.bn_stats computes them);
                 # INFERENCE -> LEARN has lost the statistics it would need to undo.
                 raise ValueError(f"cannot turn a {child.mode.upper()} BN into {kind.upper()} without statistics: "
@@ -180,7 +182,7 @@ def fold_bn(model: nn.Module) -> nn.Module:
         if conv is None or not isinstance(conv, nn.Conv2d) or not isinstance(bn, (CaffeBN, nn.BatchNorm2d)):
             continue
         if isinstance(bn, CaffeBN):
-            if bn.mode != "inference":
+            if bn.mode != "INFERENCE":
                 raise ValueError(f"{name}: a LEARN-mode BN normalises with batch statistics and cannot be folded")
             scale, shift = bn.scale.view(-1), bn.shift.view(-1)
         else:

@@ -163,7 +163,7 @@ def load_caffe_weights(
         if step.type in ("Convolution", "Deconvolution", "InnerProduct"):
             problems += _copy_conv(step.name, target, blobs)
         elif step.type == "BN":
-            problems += _copy_bn(model, NAME_ALIASES.get(step.name, step.name), target, blobs, layer.mode.lower())
+            problems += _copy_bn(model, NAME_ALIASES.get(step.name, step.name), target, blobs, layer.mode)
         else:
             problems.append(f"{step.name}: {step.type} layers are not part of the SegNet models")
         loaded.add(NAME_ALIASES.get(step.name, step.name))

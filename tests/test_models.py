@@ -79,7 +79,7 @@ def test_one_training_step_reproduces_the_oracle(oracle_dir):
     net = converter.convert(oracle_dir / "segnet_basic_train.prototxt", oracle_dir / "segnet_basic_train.caffemodel",
                             phase="TRAIN")  # fmt: skip
     model = load_caffe_weights(segnet_basic(), net).train()
-    assert isinstance(model.conv1_bn, CaffeBN) and model.conv1_bn.mode == "learn"
+    assert isinstance(model.conv1_bn, CaffeBN) and model.conv1_bn.mode == "LEARN"
     with np.load(oracle_dir / "segnet_basic_train.inputs.npz") as f:
         images, labels = torch.from_numpy(f["data"]), torch.from_numpy(f["label"])[:, 0].long()
     ref = np.load(oracle_dir / "segnet_basic_train.outputs.npz")
@@ -156,7 +156,7 @@ def test_bn_statistics_fold_matches_a_hand_computation():
     unbiased = compute_bn_statistics(model, batches, unbiased=True, progress=False)
     assert unbiased["bn"][1].item() == pytest.approx((1 * 2 / 1 + 3 * 4 / 3) / 2)  # m/(m-1) per batch
     fold_statistics(model, stats)
-    assert model.bn.mode == "inference"
+    assert model.bn.mode == "INFERENCE"
     x = torch.tensor([7.0]).view(1, 1, 1, 1)
     assert model(x).item() == pytest.approx(2.0 * (7 - 4) / math.sqrt(2 + 1e-9) + 0.5, rel=1e-6)
 
@@ -204,7 +204,7 @@ def test_checkpoint_round_trip_keeps_bn_kinds(tmp_path):
     convert_bn(model, "learn")
     save_model(tmp_path / "m.pt", model, {"note": 1})
     again = load_model(tmp_path / "m.pt")
-    assert isinstance(again.conv_decode1_bn, CaffeBN) and again.conv_decode1_bn.mode == "learn"
+    assert isinstance(again.conv_decode1_bn, CaffeBN) and again.conv_decode1_bn.mode == "LEARN"
     x = torch.rand(2, 3, 45, 60) * 255
     with torch.no_grad():
         assert torch.equal(again(x), model.eval()(x))
@@ -253,7 +253,7 @@ def test_fine_tuning_keeps_the_bn_mode_of_the_checkpoint(tmp_path):
                       progress=False, init=str(tmp_path / "start.pt"))  # fmt: skip
     train(cfg)
     tuned = load_model(tmp_path / "ft" / "best.pt")
-    assert isinstance(tuned.conv1_bn, CaffeBN) and tuned.conv1_bn.mode == "learn"  # trained as caffe-segnet trains
+    assert isinstance(tuned.conv1_bn, CaffeBN) and tuned.conv1_bn.mode == "LEARN"  # trained as caffe-segnet trains
     # one SGD step moved the weights away from the starting point
     assert not torch.equal(tuned.conv1.weight, start.conv1.weight)
 
