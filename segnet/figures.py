@@ -31,16 +31,16 @@ def map_with_legend(values: np.ndarray, title: str) -> Image.Image:
     values = np.asarray(values, dtype=np.float64)
     height, width = values.shape
     high = float(values.max()) if values.size else 0.0
-    band = 44
+    band = 48
     canvas = Image.new("RGB", (max(width, 240), height + band), "white")
     canvas.paste(Image.fromarray(colour_map(values, high)), (0, 0))
     bar_width = canvas.width - 20
     ramp = colour_map(np.linspace(0, 1, bar_width)[None, :].repeat(10, axis=0), 1.0)
     canvas.paste(Image.fromarray(ramp), (10, height + 6))
     draw = ImageDraw.Draw(canvas)
-    small = font(11)
+    small = font(12)
     draw.text((10, height + 17), "0", fill="black", font=small)
     label = f"{high:.3g}"
     draw.text((10 + bar_width - draw.textlength(label, font=small), height + 17), label, fill="black", font=small)
-    draw.text((10, height + 30), title, fill="black", font=small)
+    draw.text((10, height + 31), title, fill="black", font=small)
     return canvas

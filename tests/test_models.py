@@ -270,3 +270,24 @@ def test_two_process_cpu_ddp(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["iterations"] == 2
+
+
+def test_images_per_second_leave_validation_out(tmp_path, monkeypatch):
+    """A clock that only validation advances: the logged training rate must not see that time."""
+    import segnet.train as training
+
+    data = make_tiny_camvid(tmp_path / "camvid", ("train", "val"), 2)
+    clock = [0.0]
+
+    def slow_validation(*args, **kwargs):
+        clock[0] += 1000.0
+        return 0.5
+
+    monkeypatch.setattr(training.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(training, "validation_accuracy", slow_validation)
+    cfg = training.TrainConfig(data=str(data), out=str(tmp_path / "run"), iterations=2, batch_size=2, val_every=1,
+                               log_every=2, progress=False)  # fmt: skip
+    training.train(cfg)
+    rates = [json.loads(line)["images_per_s"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()
+             if '"train"' in line]  # fmt: skip
+    assert rates and rates[0] > 1e6  # 4 images in no training time; with the validations counted it would be 0.002
