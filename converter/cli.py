@@ -223,7 +223,9 @@ def _compare(net: CaffeNet, arrays: dict[str, np.ndarray], args) -> int:
     try:
         report = verdict.compare(net, arrays, reference, test_net=test_net, derived=derived,
                                  layer_by_layer=not args.no_layer_by_layer)  # fmt: skip
-    except ValueError as exc:
+    except CaffeFormatError as exc:  # the net cannot run on these inputs
+        raise CaffeFormatError(exc.problem, exc.path or args.prototxt, exc.layer) from None
+    except ValueError as exc:  # the reference does not fit the net
         raise CaffeFormatError(str(exc), args.compare) from None
     print(report.format())
     if args.compare_json:

@@ -60,3 +60,18 @@ def test_case_is_consistent_with_caffe(case, tmp_path, fidelity_report):
         f"{len(checks)} checks, worst uses {worst['use']:.2f} of its allowance ({worst['key']}, {worst['scope']}); "
         f"largest scaled deviation of Caffe from the exact result {largest:.1e}"
     )
+
+
+@pytest.mark.parametrize("name, prototxt, caffemodel", [
+    ("segnet_basic", "segnet_basic_inference.prototxt", "segnet_basic.caffemodel"),
+    ("segnet_full", "segnet_inference.prototxt", "segnet_full.caffemodel.gz"),
+])  # fmt: skip
+def test_caffe_with_another_blas_kernel_is_consistent(oracle_dir, name, prototxt, caffemodel):
+    """caffe-segnet rerun with another sgemm kernel (its argmax only) passes the same verdict."""
+    result = subprocess.run([
+        sys.executable, "-m", "converter", str(oracle_dir / prototxt), str(oracle_dir / caffemodel),
+        "--input", str(oracle_dir / "segnet_input_360x480.inputs.npz"),
+        "--compare", str(oracle_dir / f"{name}.argmax_skylakex.npz"), "--argmax", "argmax=prob", "-q",
+    ], capture_output=True, text=True, cwd=ROOT, timeout=1800)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "verdict: consistent with Caffe (1 of 1" in result.stdout
