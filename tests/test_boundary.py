@@ -19,7 +19,7 @@ from segnet.boundary import (
     tolerance_pixels,
 )
 from segnet.imageio import read_label
-from segnet.labels import LabelSpace, get_label_space
+from segnet.labels import get_label_space
 from segnet.splits import list_samples
 
 CAMVID = get_label_space("camvid")

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from caffe_proto import caffe_pb2
 from converter.prototxt import read_net
 from segnet.data import SegmentationDataset
 from segnet.imageio import DataError, read_label
