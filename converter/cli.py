@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import checkpoint, verdict
-from .atomic import atomic_write
-from .errors import CaffeFormatError, run_command
+from . import budget, checkpoint, verdict
+from .arrays import read_arrays
+from .atomic import atomic_write, refuse_overwriting_inputs
+from .errors import CaffeFormatError, UserError, run_command
 from .graph import CaffeNet, numpy_blobs
 from .prototxt import read_net
 from .summary import format_table, summary_dict
@@ -82,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep filler values for prototxt layers the weights do not cover")
     p.add_argument("--allow-unused", action="store_true", help="ignore weights of layers the prototxt lacks")
     p.add_argument("-q", "--quiet", action="store_true", help="do not print the layer table")
+    budget.add_memory_option(p)
     return p
 
 
@@ -96,23 +98,27 @@ def parse_shape(text: str) -> tuple[str, tuple[int, ...]]:
     return name, shape
 
 
+def input_files(specs: list[str]) -> list[str]:
+    """The files named by ``--input`` options (NAME=FILE or FILE)."""
+    return [spec.partition("=")[2] or spec for spec in specs]
+
+
 def load_inputs(specs: list[str]) -> dict[str, np.ndarray]:
     arrays: dict[str, np.ndarray] = {}
-    for spec in specs:
-        name, sep, path = spec.partition("=")
-        if not sep:
-            name, path = None, spec
-        try:
-            if name is None:
-                with np.load(path) as f:
-                    if not hasattr(f, "files"):
-                        raise CaffeFormatError("an --input without NAME= must be an .npz archive", path)
-                    # Besides inputs: top_diff:<blob>, the gradient injected into a blob for --compare.
-                    arrays.update({k: f[k] for k in f.files})
-            else:
-                arrays[name] = np.load(path)
-        except (OSError, ValueError) as exc:
-            raise CaffeFormatError(f"cannot read input arrays: {exc}", path) from None
+    for spec, path in zip(specs, input_files(specs)):
+        name = spec.partition("=")[0] if "=" in spec else None
+        found = read_arrays(path)
+        if name is None:
+            if not isinstance(found, dict):
+                raise CaffeFormatError("an --input without NAME= must be an .npz archive (this is one .npy array: "
+                                       "give NAME=FILE)", path)  # fmt: skip
+            # Besides inputs: top_diff:<blob>, the gradient injected into a blob for --compare.
+            arrays.update(found)
+        elif isinstance(found, dict):
+            raise CaffeFormatError(f"--input {name}=FILE takes one .npy array; this is an .npz archive (give it "
+                                   "without NAME=)", path)  # fmt: skip
+        else:
+            arrays[name] = found
     return arrays
 
 
@@ -126,6 +132,10 @@ def default_output(args) -> Path:
 
 
 def run(args) -> int:
+    out = Path(args.output) if args.output else default_output(args)
+    saving = bool(args.output or not (args.no_save or args.dump or args.compare))
+    refuse_overwriting_inputs([out if saving else None, args.dump, args.summary_json, args.compare_json],
+                              [args.prototxt, args.weights, args.compare, *input_files(args.input)])  # fmt: skip
     shapes = dict(parse_shape(s) for s in args.input_shape)
     inputs = load_inputs(args.input)
     for name, array in inputs.items():
@@ -139,8 +149,8 @@ def run(args) -> int:
     net_param = read_net(args.prototxt)
     try:
         net = CaffeNet(net_param, phase=args.phase, input_shapes=shapes)
-    except CaffeFormatError as exc:
-        raise CaffeFormatError(exc.problem, exc.path or args.prototxt, exc.layer) from None
+    except UserError as exc:
+        raise type(exc)(exc.problem, exc.path or args.prototxt, exc.layer) from None
     net.init_weights(args.seed)
     if args.weights:
         net.load_caffe_weights(read_weights(args.weights), args.allow_missing, args.allow_unused)
@@ -156,8 +166,7 @@ def run(args) -> int:
     status = 0
     if inputs:
         status = _forward(net, inputs, args)
-    if args.output or not (args.no_save or args.dump or args.compare):
-        out = Path(args.output) if args.output else default_output(args)
+    if saving:
         checkpoint.save(net, out, {"prototxt": str(args.prototxt), "weights": str(args.weights or "")})
         print(f"wrote {out} (load with converter.load('{out}'))")
     return status

@@ -11,6 +11,7 @@ written atomically, see ``converter.atomic``).
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -47,15 +48,26 @@ class CaffeFormatError(UserError):
 def run_command(body: Callable[[], int | None], prog: str | None = None) -> int:
     """Run a command's body with the shared error path; returns the exit status.
 
-    ``UserError`` -> ``error: <one line>`` on stderr, status 2. Ctrl-C -> 130.
-    Anything else is a bug in this project and keeps its traceback.
+    ``UserError`` -> ``error: <one line>`` on stderr, status 2; running out of
+    memory all the same (the memory limit, ``converter.budget``, should
+    refuse such input first). Ctrl-C -> 130. Warnings print as one line,
+    ``warning: ...``. Anything else is a bug in this project and keeps its
+    traceback.
     """
-    try:
-        status = body()
-        return 0 if status is None else int(status)
-    except UserError as exc:
-        print(f"{prog + ': ' if prog else ''}error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    prefix = prog + ": " if prog else ""
+    with warnings.catch_warnings():
+        warnings.showwarning = lambda message, *_, **__: print(f"{prefix}warning: {one_line(str(message))}",
+                                                              file=sys.stderr)  # fmt: skip
+        try:
+            status = body()
+            return 0 if status is None else int(status)
+        except UserError as exc:
+            print(f"{prefix}error: {exc}", file=sys.stderr)
+            return 2
+        except MemoryError:
+            print(f"{prefix}error: out of memory (the input is too large for this machine; see --memory-limit)",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130

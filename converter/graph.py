@@ -10,7 +10,9 @@ them.
 
 from __future__ import annotations
 
+import math
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
@@ -20,10 +22,19 @@ from torch import nn
 
 from caffe_proto import caffe_pb2
 
-from .errors import CaffeFormatError
+from . import budget
+from .errors import CaffeFormatError, UserError
 from .layers import DATA_LAYER_TYPES, DEFAULT_IMAGE_SIZE, LAYER_TYPES, CaffeLayer, Shape, implied_input_shapes, refusal
 from .prototxt import layers_for_phase, net_to_text, phase_value
 from .weights import CaffeWeights
+
+#: Caffe's own bound on one blob: Blob::Reshape refuses a count above INT_MAX.
+MAX_BLOB_COUNT = 2**31 - 1
+BLOB_BYTES = 4  # blobs are float32, as Caffe holds them
+
+
+class DuplicateLayerNameWarning(UserWarning):
+    """Several layers share a name: Caffe gives weights to the first of them only."""
 
 
 @dataclass(frozen=True)
@@ -104,21 +115,32 @@ class CaffeNet(nn.Module):
             raise CaffeFormatError(
                 f"input shape given for {sorted(extra)}, but the net's inputs are {sorted(known_inputs)}"
             )
+        _check_single_producers(list(net.input), layers)
+        self._blob_bytes = 0
         for name, shape in known_inputs.items():
             shape = tuple(int(d) for d in overrides[name]) if name in overrides else shape
+            if shape is not None:
+                self._count_blob(name, _valid_shape(shape, f"input '{name}'"))
             self.input_shapes[name] = shape
             self.blob_shapes[name] = shape
 
         used_keys: set[str] = set()
-        for layer in layers:
-            if layer.type in DATA_LAYER_TYPES:
-                continue
-            try:
-                self._add_layer(layer, used_keys)
-            except CaffeFormatError as exc:
-                if exc.layer is None:
-                    raise CaffeFormatError(exc.problem, exc.path, layer.name) from None
-                raise
+        with budget.allocations("the net's parameters") as params:
+            for layer in layers:
+                if layer.type in DATA_LAYER_TYPES:
+                    continue
+                try:
+                    self._add_layer(layer, used_keys)
+                    budget.check(params.total + self._blob_bytes, "the net's blobs (float32) and parameters")
+                except UserError as exc:
+                    if exc.layer is None:
+                        raise type(exc)(exc.problem, exc.path, layer.name) from None
+                    raise
+
+    def _count_blob(self, name: str, shape: Shape) -> None:
+        """Add a new blob to the memory the net's blobs declare (a blob written in place counts once)."""
+        if name not in self.blob_shapes:
+            self._blob_bytes += math.prod(shape) * BLOB_BYTES
 
     def _add_layer(self, layer: caffe_pb2.LayerParameter, used_keys: set[str]) -> None:
         cls = LAYER_TYPES[layer.type]
@@ -137,7 +159,14 @@ class CaffeNet(nn.Module):
                     layer=layer.name,
                 )
             shapes.append(self.blob_shapes[b])
-        module: CaffeLayer = cls(layer, shapes, phase_value(self.phase))
+        try:
+            module: CaffeLayer = cls(layer, shapes, phase_value(self.phase))
+            top_shapes = module.top_shapes(shapes)
+        except (ArithmeticError, IndexError, ValueError) as exc:  # parameters no Caffe layer could be set up with
+            if isinstance(exc, UserError):
+                raise
+            raise CaffeFormatError(f"impossible parameters for bottom shape(s) {[list(s) for s in shapes]} "
+                                   f"({type(exc).__name__}: {exc})", layer=layer.name) from None  # fmt: skip
         if getattr(module, "inplace", False) and any(b in self.input_shapes for b in bottoms):
             module.inplace = False  # never overwrite a tensor the caller passed in
         if layer.type == "Upsample":
@@ -146,9 +175,10 @@ class CaffeNet(nn.Module):
                 getattr(pool, "method", None) == "MAX" and pool.kernel is not None
                 and all(k <= s for k, s in zip(pool.kernel, pool.stride))
             )  # fmt: skip
-        top_shapes = module.top_shapes(shapes)
         for top, shape in zip(tops, top_shapes):
-            self.blob_shapes[top] = tuple(shape)
+            shape = _valid_shape(shape, f"top '{top}'")
+            self._count_blob(top, shape)
+            self.blob_shapes[top] = shape
             self._producers[top] = module
         weights = list(layer.loss_weight)
         if weights and len(weights) != len(tops):
@@ -297,7 +327,17 @@ class CaffeNet(nn.Module):
         file lacks (unless ``allow_missing``). Returns the names of the layers
         left with their initial values.
         """
-        by_name = {step.name: module for step, module in self.named_layers()}
+        by_name: dict[str, CaffeLayer] = {}
+        shared: dict[str, int] = {}
+        for step, module in self.named_layers():
+            by_name.setdefault(step.name, module)  # Caffe copies a layer's weights into the first of that name
+            if module.blob_attrs:
+                shared[step.name] = shared.get(step.name, 0) + 1
+        for name, count in shared.items():
+            if count > 1 and name in weights and weights[name].blobs:
+                warnings.warn(f"{count} layers of the prototxt are named '{name}': the weights go to the first, as "
+                              "Caffe does, and the others keep their initial values", DuplicateLayerNameWarning,
+                              stacklevel=2)  # fmt: skip
         for entry in weights.with_blobs():
             module = by_name.get(entry.name)
             if module is None:
@@ -331,6 +371,30 @@ class CaffeNet(nn.Module):
                 f"no weights for layer(s) {', '.join(missing)} of the prototxt", weights.path
             )
         return missing
+
+
+def _valid_shape(shape: Sequence[int], what: str) -> Shape:
+    """A blob shape with every size positive and at most Caffe's count per blob."""
+    dims = tuple(int(d) for d in shape)
+    if any(d <= 0 for d in dims):
+        raise CaffeFormatError(f"{what} would have shape {list(dims)}: every size must be positive")
+    count = math.prod(dims)
+    if count > MAX_BLOB_COUNT:
+        raise CaffeFormatError(f"{what} would have shape {list(dims)}, {count} values: more than the 2^31-1 "
+                               "Caffe allows in one blob")  # fmt: skip
+    return dims
+
+
+def _check_single_producers(inputs: Sequence[str], layers: Sequence[caffe_pb2.LayerParameter]) -> None:
+    """Caffe's rule: a blob has one producer, and later layers may write it only in place (top i = bottom i)."""
+    producer = {name: "a net input" for name in inputs}
+    for layer in layers:
+        for i, top in enumerate(layer.top):
+            in_place = i < len(layer.bottom) and layer.bottom[i] == top
+            if top in producer and not in_place:
+                raise CaffeFormatError(f"top '{top}' is already produced by {producer[top]}; a later layer may only "
+                                       f"write it in place (as top {i} with bottom {i} '{top}')", layer=layer.name)  # fmt: skip
+            producer.setdefault(top, f"layer '{layer.name}'")
 
 
 def _shape_matches(blob_shape: tuple[int, ...], legacy: bool, expected: tuple[int, ...]) -> bool:

@@ -15,7 +15,8 @@ and Upsample entries without one).
 
 from __future__ import annotations
 
-import gzip
+import math
+import os
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from google.protobuf.message import DecodeError
 
 from caffe_proto import caffe_pb2
 
+from . import budget
 from .errors import CaffeFormatError
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -37,6 +39,8 @@ _BLOB_NUM, _BLOB_CHANNELS, _BLOB_HEIGHT, _BLOB_WIDTH = 1, 2, 3, 4
 _BLOB_DATA, _BLOB_DIFF, _BLOB_SHAPE, _BLOB_DOUBLE_DATA, _BLOB_DOUBLE_DIFF = 5, 6, 7, 8, 9
 
 _WIRE_VARINT, _WIRE_64BIT, _WIRE_LEN, _WIRE_32BIT = 0, 1, 2, 5
+
+_GZIP_CHUNK = 64 << 20  # inflate this much at a time, so that the limit is checked as the data grows
 
 
 @dataclass
@@ -84,16 +88,16 @@ def read_weights(path: str | Path) -> CaffeWeights:
     """
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as f:
+            head = f.read(len(HDF5_MAGIC))
+            if head == HDF5_MAGIC:
+                return _read_hdf5(path)
+            budget.check(os.fstat(f.fileno()).st_size, "reading this weight file", path)
+            raw = head + f.read()
     except OSError as exc:
         raise CaffeFormatError(f"cannot read weights: {exc.strerror or exc}", path) from None
-    if raw.startswith(HDF5_MAGIC):
-        return _read_hdf5(path)
     if raw.startswith(GZIP_MAGIC):
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise CaffeFormatError(f"corrupt or truncated gzip data ({exc})", path) from None
+        raw = _gunzip(raw, path)
     if not raw:
         raise CaffeFormatError("empty weight file", path)
     if _looks_like_text(raw):
@@ -101,6 +105,28 @@ def read_weights(path: str | Path) -> CaffeWeights:
             "this is a text file (a .prototxt?), not a binary caffemodel", path
         )
     return CaffeWeights(str(path), _parse_net_binary(memoryview(raw), path))
+
+
+def _gunzip(raw: bytes, path: Path) -> bytes:
+    """Inflate gzip data (all members), stopping as soon as it grows past the memory limit."""
+    cap = budget.limit()
+    out = bytearray()
+    data = raw
+    try:
+        while data:
+            inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            while data:
+                out += inflater.decompress(data, _GZIP_CHUNK)
+                data = inflater.unconsumed_tail
+                if len(out) > cap:
+                    budget.check(len(out), "inflating this gzip-compressed weight file", path)
+            out += inflater.flush()
+            if not inflater.eof:
+                raise CaffeFormatError("truncated gzip data (the stream ends early)", path)
+            data = inflater.unused_data  # a next gzip member, or nothing
+    except zlib.error as exc:
+        raise CaffeFormatError(f"corrupt gzip data ({exc})", path) from None
+    return bytes(out)
 
 
 def _looks_like_text(raw: bytes) -> bool:
@@ -314,14 +340,17 @@ def _floats(buf: memoryview, wire: int, span: tuple[int, int], dtype: str) -> np
 
 
 def _read_hdf5(path: Path) -> CaffeWeights:
+    """Caffe's HDF5 weights: ``data/<layer>/<i>`` datasets, each checked by shape and type before it is read."""
     import h5py
 
     layers: dict[str, LayerWeights] = {}
+    total = 0
     try:
         with h5py.File(path, "r") as f:
-            if "data" not in f:
+            data = f.get("data")
+            if not isinstance(data, h5py.Group):
                 raise CaffeFormatError("HDF5 weights need a top-level 'data' group (data/<layer>/<i>)", path)
-            for name, group in f["data"].items():
+            for name, group in data.items():
                 if not isinstance(group, h5py.Group):
                     raise CaffeFormatError(f"'data/{name}' is not a group of blobs", path, name)
                 keys = sorted(group.keys(), key=lambda k: int(k) if k.isdigit() else -1)
@@ -329,9 +358,19 @@ def _read_hdf5(path: Path) -> CaffeWeights:
                     raise CaffeFormatError(f"blobs must be named 0..n-1, found {keys}", path, name)
                 blobs = []
                 for key in keys:
-                    array = np.asarray(group[key][()], dtype=np.float32)
+                    dataset = group[key]
+                    if not isinstance(dataset, h5py.Dataset) or dataset.dtype.kind not in "fiu":
+                        kind = f"numbers of type {dataset.dtype}" if isinstance(dataset, h5py.Dataset) else "a group"
+                        raise CaffeFormatError(f"'data/{name}/{key}' should be an array of numbers, found {kind}",
+                                               path, name)  # fmt: skip
+                    total += math.prod(dataset.shape) * 4
+                    budget.check(total, f"the blobs up to 'data/{name}/{key}' {list(dataset.shape)} (float32)",
+                                 path, name)  # fmt: skip
+                    array = np.asarray(dataset[()], dtype=np.float32)
                     blobs.append(Blob(array.reshape(-1), tuple(array.shape)))
                 layers[name] = LayerWeights(name, None, blobs)
-    except OSError as exc:
-        raise CaffeFormatError(f"unreadable HDF5 weights ({exc})", path) from None
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
+        if isinstance(exc, CaffeFormatError):
+            raise
+        raise CaffeFormatError(f"unreadable HDF5 weights ({type(exc).__name__}: {exc})", path) from None
     return CaffeWeights(str(path), layers)

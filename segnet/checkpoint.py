@@ -25,7 +25,8 @@ from torch import nn
 
 import converter
 from converter import CaffeNet, parse_net_text
-from converter.checkpoint import atomic_torch_save
+from converter import budget
+from converter.checkpoint import read_payload, write_payload
 from converter.errors import UserError
 
 from .caffe_graph import CaffeSegmenter, declared_input_size
@@ -38,6 +39,7 @@ FORMAT = "segnet-model"
 VERSION = 1
 CONVERTED_FORMAT = "caffe-net"  # what python -m converter writes
 GRAPH = "caffe-net"  # the "model" of a segnet checkpoint holding a converted graph trained as it is
+MAX_CLASSES = 256  # label maps are 8-bit PNGs
 
 
 class CheckpointError(UserError):
@@ -80,22 +82,19 @@ def _as_text(head: bytes) -> str | None:
     return text if text and readable >= 0.95 * len(text) else None
 
 
-def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """The payload of a segnet or converter checkpoint, after checking what kind of file it is."""
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The payload of a segnet or converter checkpoint (on the CPU), after checking what kind of file it is.
+
+    A damaged file (truncated, or not matching its checksum) or one that
+    would need more memory than the limit is refused (``converter.checkpoint.read_payload``).
+    """
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError("no such file", path)
-    if path.is_dir():
-        raise CheckpointError("is a folder, not a model checkpoint", path)
-    with open(path, "rb") as f:
-        head = f.read(512)
-    problem = wrong_kind(head)
-    if problem:
-        raise CheckpointError(problem, path)
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises many types for damaged files
-        raise CheckpointError(f"damaged or unreadable checkpoint ({type(exc).__name__}: {exc})", path) from None
+    if path.is_file():
+        with open(path, "rb") as f:
+            problem = wrong_kind(f.read(512))
+        if problem:
+            raise CheckpointError(problem, path)
+    payload = read_payload(path, CheckpointError)
     if not isinstance(payload, dict) or payload.get("format") not in (FORMAT, CONVERTED_FORMAT):
         raise CheckpointError("a torch file, but neither a segnet model checkpoint nor a converted Caffe net", path)
     return payload
@@ -153,7 +152,7 @@ def save_model(path: str | Path, model: nn.Module, meta: dict[str, Any] | None =
     payload["label_space"] = label_space.to_dict() if label_space is not None else None
     payload["input_size"] = list(input_size) if input_size else None
     payload["meta"] = dict(meta or {})
-    atomic_torch_save(payload, path)
+    write_payload(payload, path)
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
@@ -162,7 +161,7 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> nn
     A segnet checkpoint's label space and input size come back as the
     model's ``label_space`` and ``input_size`` attributes.
     """
-    payload = read_checkpoint(path, map_location)
+    payload = read_checkpoint(path)
     if payload["format"] == CONVERTED_FORMAT:
         return converter.load(path, map_location=map_location).eval()
     try:
@@ -170,24 +169,37 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> nn
             spec = payload["net"]
             model = CaffeNet(parse_net_text(spec["prototxt"], path), phase=spec["phase"],
                              input_shapes={k: tuple(v) for k, v in spec["input_shapes"].items()})  # fmt: skip
-        elif "architecture" in payload:
-            arch = payload["architecture"]
-            arch = Architecture(**{k: tuple(map(tuple, v)) if k in ("encoder", "decoder") else
-                                   tuple(v) if isinstance(v, list) else v for k, v in arch.items()})  # fmt: skip
-            model = SegNet(arch, num_classes=payload["num_classes"])
-            model.registry_name = payload["model"]
         else:
-            model = build_model(payload["model"], num_classes=payload["num_classes"])
-        if payload["model"] != GRAPH:
+            classes = payload["num_classes"]
+            if not isinstance(classes, int) or not 1 <= classes <= MAX_CLASSES:
+                raise CheckpointError(f"declares {classes!r} classes; label maps are 8-bit, so a model has 1 to "
+                                      f"{MAX_CLASSES}", path)  # fmt: skip
+            with budget.allocations("the model's parameters", path):
+                model = _build(payload)
             apply_bn_layout(model, payload["bn"])
         model.load_state_dict(payload["state_dict"])
         if payload.get("label_space"):
             model.label_space = LabelSpace.from_dict(payload["label_space"], path)
         if payload.get("input_size"):
             model.input_size = tuple(payload["input_size"])
-    except (KeyError, AttributeError, RuntimeError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"damaged segnet checkpoint ({type(exc).__name__}: {exc})", path) from None
+    except UserError as exc:
+        raise CheckpointError(exc.problem, exc.path or path, exc.layer) from None
+    except (KeyError, AttributeError, RuntimeError, TypeError, ValueError, ArithmeticError) as exc:
+        raise CheckpointError(f"damaged segnet checkpoint ({type(exc).__name__}: {exc})".splitlines()[0],
+                              path) from None  # fmt: skip
     return model.to(map_location).eval()
+
+
+def _build(payload: dict[str, Any]) -> nn.Module:
+    """The (untrained) model a segnet checkpoint's description names."""
+    if "architecture" in payload:
+        arch = payload["architecture"]
+        arch = Architecture(**{k: tuple(map(tuple, v)) if k in ("encoder", "decoder") else
+                               tuple(v) if isinstance(v, list) else v for k, v in arch.items()})  # fmt: skip
+        model = SegNet(arch, num_classes=payload["num_classes"])
+        model.registry_name = payload["model"]
+        return model
+    return build_model(payload["model"], num_classes=payload["num_classes"])
 
 
 def model_name(path: str | Path) -> str:

@@ -116,8 +116,16 @@ class CaffeLayer(nn.Module):
         return CaffeFormatError(problem, layer=self.caffe_name)
 
 
-def pair(param, single: str, h: str, w: str, default: int | None = None, what: str = "") -> tuple[int, int]:
-    """Caffe's "one value, or _h and _w" convention for 2-D sizes."""
+def pair(param, single: str, h: str, w: str, default: int | None = None, what: str = "",
+         minimum: int = 0) -> tuple[int, int]:  # fmt: skip
+    """Caffe's "one value, or _h and _w" convention for 2-D sizes, each at least ``minimum``."""
+    values = _pair(param, single, h, w, default, what)
+    if min(values) < minimum:
+        raise CaffeFormatError(f"{what or single} must be at least {minimum}, got {list(values)}")
+    return values
+
+
+def _pair(param, single: str, h: str, w: str, default: int | None, what: str) -> tuple[int, int]:
     if param.HasField(h) or param.HasField(w):
         if not (param.HasField(h) and param.HasField(w)):
             raise CaffeFormatError(f"{what or single}: give both {h} and {w}")

@@ -39,14 +39,18 @@ class _ConvBase(CaffeLayer):
             raise self.fail("convolution over an axis other than 1 is not supported")
         if len(bottom_shapes[0]) != 4:
             raise self.fail(f"expects a 4-D bottom, got shape {list(bottom_shapes[0])}")
-        self.kernel = pair(p, "kernel_size", "kernel_h", "kernel_w", what="kernel size")
-        self.stride = pair(p, "stride", "stride_h", "stride_w", default=1, what="stride")
+        self.kernel = pair(p, "kernel_size", "kernel_h", "kernel_w", what="kernel size", minimum=1)
+        self.stride = pair(p, "stride", "stride_h", "stride_w", default=1, what="stride", minimum=1)
         self.pad = pair(p, "pad", "pad_h", "pad_w", default=0, what="pad")
         dilation = list(p.dilation) or [1]
         if len(dilation) > 2:
             raise self.fail(f"only 2-D dilation is supported, got {dilation}")
+        if min(dilation) < 1:
+            raise self.fail(f"dilation must be at least 1, got {dilation}")
         self.dilation = (dilation[0], dilation[-1])
         self.group = p.group
+        if self.group < 1:
+            raise self.fail(f"group must be at least 1, got {self.group}")
         channels = bottom_shapes[0][1]
         if not p.HasField("num_output") or p.num_output == 0:
             raise self.fail("num_output is required")

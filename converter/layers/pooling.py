@@ -44,8 +44,8 @@ class Pooling(CaffeLayer):
                 raise self.fail("global pooling takes no kernel size")
             self.kernel = None
         else:
-            self.kernel = pair(p, "kernel_size", "kernel_h", "kernel_w", what="kernel size")
-        self.stride = pair(p, "stride", "stride_h", "stride_w", default=1, what="stride")
+            self.kernel = pair(p, "kernel_size", "kernel_h", "kernel_w", what="kernel size", minimum=1)
+        self.stride = pair(p, "stride", "stride_h", "stride_w", default=1, what="stride", minimum=1)
         self.pad = pair(p, "pad", "pad_h", "pad_w", default=0, what="pad")
         if self.global_pooling and (self.pad != (0, 0) or self.stride != (1, 1)):
             raise self.fail("global pooling needs pad 0 and stride 1")
