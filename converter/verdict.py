@@ -67,6 +67,8 @@ SIZE_MARGIN = 4
 FLOOR_ULPS = 8
 JITTERED_RUNS = 3
 NOISE_FACTOR = 2
+#: a layer's rounding is measured on an even sample of this many of its values
+MEASURED_VALUES = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -201,23 +203,42 @@ def _ordinal(n: int) -> str:
 Rounding = dict[tuple[str, int], float]
 
 
+class _Noise:
+    """Uniform random numbers of rms 1, cheaply: windows of one seeded block at random offsets.
+
+    The block's length is a prime, so its repeats do not line up with the
+    rows and channels of a blob.
+    """
+
+    LENGTH = 1_048_573
+
+    def __init__(self, seed: int):
+        self.generator = torch.Generator().manual_seed(seed)
+        self.block = (torch.rand(self.LENGTH, generator=self.generator, dtype=torch.float64) * 2 - 1) * math.sqrt(3)
+        self._typed: dict[torch.dtype, torch.Tensor] = {}
+
+    def like(self, value: torch.Tensor) -> torch.Tensor:
+        block = self._typed.setdefault(value.dtype, self.block.to(value.dtype))
+        n = value.numel()
+        start = int(torch.randint(self.LENGTH, (1,), generator=self.generator))
+        return block.repeat(-(-(start + n) // self.LENGTH))[start : start + n].view(value.shape)
+
+    def rerounded(self, value: torch.Tensor, relative: float) -> torch.Tensor:
+        """``value`` with an independent relative error of rms ``relative`` per element (zeros stay zero)."""
+        return torch.addcmul(value, value, self.like(value), value=relative)
+
+
 class _Jitter(torch.autograd.Function):
     """Rounds a value, and in backward its gradient, again: each element times (1 + relative error)."""
 
     @staticmethod
-    def forward(ctx, value, relative, generator):
-        ctx.relative, ctx.generator = relative, generator
-        return _rerounded(value, relative, generator)
+    def forward(ctx, value, relative, noise):
+        ctx.relative, ctx.noise = relative, noise
+        return noise.rerounded(value, relative)
 
     @staticmethod
     def backward(ctx, grad):
-        return _rerounded(grad, ctx.relative, ctx.generator), None, None
-
-
-def _rerounded(value: torch.Tensor, relative: float, generator: torch.Generator) -> torch.Tensor:
-    """``value`` with an independent relative error of rms ``relative`` per element (exact zeros stay zero)."""
-    u = (torch.rand(value.shape, generator=generator, dtype=value.dtype) * 2 - 1) * (math.sqrt(3.0) * relative)
-    return value + value * u
+        return ctx.noise.rerounded(grad, ctx.relative), None, None
 
 
 @dataclass
@@ -248,17 +269,19 @@ class Request:
 def _measure(module32, key: str, bottoms: Sequence[torch.Tensor], tops: Sequence[torch.Tensor]) -> Rounding:
     """A layer's own float32 rounding, relative: rms(float32 - float64) / rms(float64) per top.
 
-    Both runs read the same inputs (the exact run's, rounded to float32).
+    The float32 layer reads the exact run's inputs rounded to float32; the
+    rms is taken over an even sample of at most ``MEASURED_VALUES`` values.
     """
     with torch.no_grad():
         outs32 = module32(*(b.detach().float() if b.is_floating_point() else b for b in bottoms))
     measured: Rounding = {(key, -1): 0.0}
     for j, (o32, o64) in enumerate(zip(outs32, tops)):
-        o64 = o64.detach()
         if j in module32.index_tops() or not o64.is_floating_point() or not o64.numel():
             continue
+        step = max(1, o64.numel() // MEASURED_VALUES)
+        o64, o32 = o64.detach().reshape(-1)[::step], o32.reshape(-1)[::step].double()
         finite = torch.isfinite(o64) & torch.isfinite(o32)
-        d = torch.where(finite, o32.double() - o64, torch.zeros_like(o64))
+        d = torch.where(finite, o32 - o64, torch.zeros_like(o64))
         rms = float(torch.where(finite, o64, torch.zeros_like(o64)).square().mean().sqrt())
         relative = float(d.square().mean().sqrt()) / rms if rms > 0 else 0.0
         terms = module32.sequential_terms(j)
@@ -277,7 +300,7 @@ def run_steps(net: CaffeNet, steps: Sequence[Step], given: Mapping[str, np.ndarr
     ``how.measure_with`` is set, each layer's measured float32 rounding.
     """
     jitter = how.jitter_seed is not None and how.rounding is not None
-    generator = torch.Generator().manual_seed(how.jitter_seed) if jitter else None
+    noise = _Noise(how.jitter_seed) if jitter else None
     grad = request.backward
     env: dict[str, torch.Tensor] = {}
     leaves: dict[str, torch.Tensor] = {}
@@ -294,7 +317,7 @@ def run_steps(net: CaffeNet, steps: Sequence[Step], given: Mapping[str, np.ndarr
         for layer, i in request.param_diffs:
             relative = NOISE_FACTOR * how.rounding.get((_key_of(net, layer), -1), 0.0)
             tensor = net.layer(layer).blob_tensors()[i]
-            handles.append(tensor.register_hook(lambda g, r=relative: _rerounded(g, r, generator)))
+            handles.append(tensor.register_hook(lambda g, r=relative: noise.rerounded(g, r)))
     wanted = set(request.blobs) | set(request.top_diffs) | {d.source for d in request.derived.values()}
     last_read = {b: i for i, step in enumerate(steps) for b in step.bottoms}
     try:
@@ -310,8 +333,8 @@ def run_steps(net: CaffeNet, steps: Sequence[Step], given: Mapping[str, np.ndarr
                 for j, (top, value) in enumerate(zip(step.tops, outs)):
                     if jitter and value.is_floating_point():
                         relative = how.rounding.get((step.key, j), 0.0)
-                        if relative:
-                            value = _Jitter.apply(value, NOISE_FACTOR * relative, generator)
+                        if relative > FLOAT32_ROUNDING:  # below that, storing the value in float32 rounds as much
+                            value = _Jitter.apply(value, NOISE_FACTOR * relative, noise)
                     if grad and top not in env and top not in first_version and value.requires_grad:
                         value.retain_grad()
                         first_version[top] = value
@@ -559,7 +582,7 @@ def compare(
     side = sorted({b for part, _ in segments.values() for b in part.side_reads})
 
     # The whole net.
-    exact, runs = {}, []
+    exact, runs, rounding = {}, [], None
     if request.blobs or request.derived or request.backward:
         wanted = set(request.blobs) | set(top_diffs) | {d.source for d in request.derived.values()} | set(side)
         steps, needed = net.plan(set(net.blob_shapes) if request.backward else wanted)
@@ -568,7 +591,7 @@ def compare(
             raise ValueError(f"the inputs lack {missing}")
         whole = Request(request.blobs + [b for b in side if b not in request.blobs], request.diffs,
                         request.param_diffs, request.derived, top_diffs)  # fmt: skip
-        exact, runs = _runs(net, exact_net(net), steps, whole, [feed] * (1 + _NOISE_RUNS))
+        exact, runs, rounding = _runs(net, exact_net(net), steps, whole, [feed] * (1 + _NOISE_RUNS))
         keys = request.blobs + list(request.derived) + [f"diff:{d}" for d in request.diffs]
         keys += [f"param_diff:{layer}:{i}" for layer, i in request.param_diffs]
         for key in keys:
@@ -577,7 +600,7 @@ def compare(
     for part, blobs in segments.values():
         caffe = {b: _as_blob(reference[b] if b in reference else feed[b], net.blob_shapes[b]) for b in part.caffe_reads}
         givens = [{**caffe, **{b: run[b] for b in part.side_reads}} for run in [exact, *runs]]
-        part_exact, part_runs = _runs(net, exact_net(net), part.steps, Request(blobs=blobs), givens)
+        part_exact, part_runs, rounding = _runs(net, exact_net(net), part.steps, Request(blobs=blobs), givens, rounding)
         first, final = part.steps[0].name, part.steps[-1].name
         scope = first if len(part.steps) == 1 else f"{first}..{final} ({len(part.steps)} layers)"
         caffe_reads = [b for b in part.caffe_reads if b in reference]
@@ -590,7 +613,7 @@ def compare(
         names = [k.split(":", 1)[1] for k in test_keys]
         steps, _ = test_net.plan(set(names))
         test_feed = {k: v for k, v in feed.items() if k in test_net.input_shapes}
-        exact, runs = _runs(test_net, exact_net(test_net), steps, Request(blobs=names), [test_feed] * (1 + _NOISE_RUNS))
+        exact, runs, _ = _runs(test_net, exact_net(test_net), steps, Request(blobs=names), [test_feed] * (1 + _NOISE_RUNS))
         for key, name in zip(test_keys, names):
             judge(key, name, exact, runs, "TEST net")
     return report
@@ -601,15 +624,18 @@ _NOISE_RUNS = 1 + JITTERED_RUNS
 
 
 def _runs(net: CaffeNet, exact_net: CaffeNet, steps: Sequence[Step], request: Request,
-          givens: Sequence[Mapping[str, np.ndarray]]):  # fmt: skip
-    """The exact (float64) run and the float32 noise runs: (exact arrays, [arrays of each noise run]).
+          givens: Sequence[Mapping[str, np.ndarray]], rounding: Rounding | None = None):  # fmt: skip
+    """The exact (float64) run and the float32 noise runs: (exact arrays, [arrays of each noise run], rounding).
 
-    ``givens[0]`` feeds the exact run, ``givens[1 + k]`` noise run k.
+    ``givens[0]`` feeds the exact run, ``givens[1 + k]`` noise run k. Each
+    layer's rounding is measured in the exact run unless ``rounding`` gives it.
     """
     saved = copy.deepcopy(net.state_dict())  # layers with running statistics change them in TRAIN
     exact_saved = copy.deepcopy(exact_net.state_dict())
     try:
-        exact, rounding = run_steps(exact_net, steps, givens[0], request, Run(torch.float64, measure_with=net))
+        measure = None if rounding is not None and all((s.key, -1) in rounding for s in steps) else net
+        exact, measured = run_steps(exact_net, steps, givens[0], request, Run(torch.float64, measure_with=measure))
+        rounding = {**(rounding or {}), **measured}
         net.load_state_dict(saved)
         runs = []
         for k, seed in enumerate([None, *range(1, JITTERED_RUNS + 1)]):
@@ -619,7 +645,7 @@ def _runs(net: CaffeNet, exact_net: CaffeNet, steps: Sequence[Step], request: Re
     finally:
         net.load_state_dict(saved)
         exact_net.load_state_dict(exact_saved)
-    return exact, runs
+    return exact, runs, rounding
 
 
 def _judge_weights(net: CaffeNet, key: str, where: tuple[str, int], ref: np.ndarray) -> Check:
