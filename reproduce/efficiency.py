@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from segnet.cli import add_progress_flag, run
+from segnet.cli import add_common_options, run
 from segnet.loss import segnet_loss
 from segnet.measure import current_rss_mb, peak_rss_mb, reset_peak_rss
 from segnet.paper import TABLE6_SEGNET
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
-    add_progress_flag(p)  # accepted for uniform scripting; this script prints one line per model
+    add_common_options(p)  # accepted for uniform scripting; this script prints one line per model
     args = p.parse_args(argv)
     return run(lambda: _command(args))
 

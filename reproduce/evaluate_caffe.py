@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 import converter
-from segnet.cli import add_data_option, add_progress_flag, data_root, run
+from segnet.cli import add_common_options, add_data_option, data_root, run
 from segnet.caffe_graph import CaffeSegmenter
 from segnet.data import SegmentationDataset
 from segnet.mc_dropout import dropout_layers, dropout_sampling
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, help="score only the first N images")
     p.add_argument("--out", help="folder for predictions and report.json")
     p.add_argument("--device", default="cpu")
-    add_progress_flag(p)
+    add_common_options(p)
     args = p.parse_args(argv)
     return run(lambda: _command(args))
 

@@ -38,7 +38,7 @@ import torch
 
 from converter.errors import UserError
 from segnet.checkpoint import load_model
-from segnet.cli import add_data_option, add_progress_flag, data_root, parse_size, run
+from segnet.cli import add_common_options, add_data_option, data_root, parse_size, run
 from segnet.data import SegmentationDataset
 from segnet.evaluate import evaluate, model_predictions
 from segnet.models import count_parameters
@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
                    "results are committed; reproduce/results/scratch/<budget>/, which git ignores, for any other)")
     p.add_argument("--tag", help="name of the budget and its report files (default: cpu, full, or one that spells "
                    "out a changed budget)")
-    add_progress_flag(p)
+    add_common_options(p)
     args = p.parse_args(argv)
     return run(lambda: _command(args, argv))
 

@@ -42,7 +42,7 @@ from converter.writer import save_caffemodel
 
 from caffe_proto import caffe_pb2
 
-from .cli import add_data_option, add_progress_flag, data_root, parse_size
+from .cli import add_common_options, add_data_option, data_root, parse_size
 from .cli import run as run_command
 from .caffe_graph import declared_input_size, num_outputs
 from .checkpoint import load_model, save_model
@@ -141,7 +141,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="resize images to this (default: the size the model declares, else as stored)")
     p.add_argument("--unbiased-variance", action="store_true", help="apply the m/(m-1) correction (not in the released weights)")
     p.add_argument("--limit", type=int, help="use only the first N images")
-    add_progress_flag(p)
+    add_common_options(p)
     p.add_argument("-o", "--output", required=True,
                    help="where to write: a .pt checkpoint, or a .caffemodel for Caffe nets (use it with an "
                         "inference prototxt, as SegNet-Tutorial does)")  # fmt: skip

@@ -30,7 +30,7 @@ import numpy as np
 
 from converter.errors import UserError
 
-from .cli import add_data_option, add_progress_flag, data_root, run
+from .cli import add_common_options, add_data_option, data_root, run
 from .imageio import read_label
 from .labels import LabelSpace, get_label_space
 from .splits import list_samples
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="train", help="split to count (default: train)")
     parser.add_argument("--labels", default="camvid", help="label space: a name, a class count or a JSON file "
                         "(default camvid)")  # fmt: skip
-    add_progress_flag(parser)  # accepted for uniform scripting; this command shows no progress bar
+    add_common_options(parser)  # accepted for uniform scripting; this command shows no progress bar
     args = parser.parse_args(argv)
 
     def command() -> int:

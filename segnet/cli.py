@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
+from converter.budget import add_memory_option
 from converter.errors import UserError, run_command
 
 Size = tuple[int, int]  # (height, width)
@@ -79,7 +80,9 @@ def positive_int(text: str) -> int:
     return value
 
 
-def add_progress_flag(parser: argparse.ArgumentParser) -> None:
-    """``--no-progress``: hide progress bars (results and messages still print)."""
+def add_common_options(parser: argparse.ArgumentParser) -> None:
+    """What every command takes: ``--no-progress`` (hide progress bars; results and messages still print) and
+    ``--memory-limit`` (see converter.budget)."""
     parser.add_argument("--no-progress", dest="progress", action="store_false",
                         help="hide progress bars (results and messages still print)")  # fmt: skip
+    add_memory_option(parser)

@@ -39,7 +39,7 @@ from converter.errors import UserError
 from segnet import checkpoint
 from segnet.boundary import BF_TOLERANCE
 from segnet.caffe_graph import as_segmenter, declared_input_size, num_outputs
-from segnet.cli import add_data_option, add_progress_flag, data_root, parse_size, run
+from segnet.cli import add_common_options, add_data_option, data_root, parse_size, run
 from segnet.data import SegmentationDataset
 from segnet.imageio import read_label
 from segnet.labels import label_space_for
@@ -249,7 +249,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", help="torch device for --model (default: cpu)")
     parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default: 1)")
     parser.add_argument("--workers", type=int, default=1, help="processes computing BF (default: 1)")
-    add_progress_flag(parser)
+    add_common_options(parser)
     return parser
 
 

@@ -25,7 +25,7 @@ from converter import CaffeNet
 from converter.errors import UserError
 from converter.writer import save_caffemodel, write_caffemodel
 
-from .cli import add_progress_flag, parse_size, run
+from .cli import add_common_options, parse_size, run
 
 from .models import DROPOUT_RATIO, SegNet, in_segnet_family
 from .nn import CaffeBN, bn_to_caffe
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="H,W the prototxt declares (default: the size the model declares, else 360,480)")
     p.add_argument("--bn-mode", choices=["inference", "learn"], default="inference",
                    help="inference: fold BN statistics in (deployable, default); learn: batch-statistics BN")  # fmt: skip
-    add_progress_flag(p)
+    add_common_options(p)
     args = p.parse_args(argv)
     return run(lambda: _command(args))
 

@@ -34,7 +34,7 @@ from torch import nn
 from converter import CaffeNet
 from converter.errors import UserError
 
-from .cli import add_progress_flag, parse_size, run
+from .cli import add_common_options, parse_size, run
 from .nn import Unpool
 
 OPSET = 18
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="input size (default: the size the model declares, else 360,480)")  # fmt: skip
     p.add_argument("--check-image", help="image to compare onnxruntime with PyTorch on (default: the example "
                    "CamVid image)")  # fmt: skip
-    add_progress_flag(p)
+    add_common_options(p)
     args = p.parse_args(argv)
     return run(lambda: _command(args))
 

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from .caffe_graph import as_segmenter, declared_input_size, num_outputs
 from .checkpoint import load_model
-from .cli import add_progress_flag, parse_size, run
+from .cli import add_common_options, parse_size, run
 from .evaluate import labels_from_output
 from .figures import map_with_legend
 from .imageio import load_image
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--labels", help="label space for the palette: a name, a class count or a JSON file "
                    "(default: the model's)")  # fmt: skip
     p.add_argument("--mc-samples", type=int, default=0, help="Monte-Carlo dropout samples (Bayesian models)")
-    add_progress_flag(p)
+    add_common_options(p)
     args = p.parse_args(argv)
     return run(lambda: _command(args))
 

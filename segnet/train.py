@@ -47,7 +47,7 @@ from converter.errors import UserError
 from .caffe_graph import CaffeSegmenter, declared_input_size
 from .checkpoint import load_model, save_model
 from .class_weights import BALANCINGS, class_weights
-from .cli import add_data_option, add_progress_flag, data_root, parse_size, positive_int, run
+from .cli import add_common_options, add_data_option, data_root, parse_size, positive_int, run
 from .data import SegmentationDataset
 from .finetune import Start, bn_notes, starting_model, unfold_inference_bn
 from .labels import LabelSpace
@@ -434,13 +434,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", help="start from a converted Caffe net (.pt from python -m converter) or a segnet checkpoint")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--limit", type=positive_int, help="use only the first N training images")
-    add_progress_flag(p)
+    add_common_options(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run(lambda: _command(TrainConfig(**vars(args))))
+    args = vars(build_parser().parse_args(argv))
+    args.pop("memory_limit")  # applied while parsing (converter.budget)
+    return run(lambda: _command(TrainConfig(**args)))
 
 
 def _command(cfg: TrainConfig) -> int:

@@ -38,7 +38,7 @@ from torch import nn
 
 from .models import SEGNET_BASIC, Encoded, SegNet, count_parameters
 from .nn import BNKind, make_bn
-from .cli import add_progress_flag
+from .cli import add_common_options
 from .paper import PAPER_PARAMS_M
 
 #: SegNet-Basic's two index-decoder variants: the same builder, configured.
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m segnet.variants",
         description="Print the trainable parameter counts of the paper's Table 1 decoder variants beside the paper's.",
     )
-    add_progress_flag(parser)  # accepted for uniform scripting; nothing here shows progress
+    add_common_options(parser)  # accepted for uniform scripting; nothing here shows progress
     parser.parse_args(argv)
     print(parameter_table())
     return 0
