@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 from helpers import make_tiny_camvid, randomize_bn_statistics
-from oracle import relative_l2
 
 import converter
 from segnet.bn_stats import compute_bn_statistics, fold_statistics
@@ -58,7 +57,11 @@ def test_segnet_at_360x480():
      (segnet, "segnet_inference.prototxt", "segnet_full.caffemodel.gz")],
     ids=["segnet_basic", "segnet"],
 )  # fmt: skip
-def test_converted_weights_reproduce_the_caffe_graph_and_the_oracle(oracle_dir, build, prototxt, weights):
+def test_converted_weights_reproduce_the_caffe_graph(oracle_dir, build, prototxt, weights):
+    """The readable model runs the converted graph's operations: identical numbers.
+
+    How the graph compares with caffe-segnet is judged in test_oracle.py.
+    """
     net = converter.convert(oracle_dir / prototxt, oracle_dir / weights)
     model = load_caffe_weights(build(), net).eval()
     with np.load(oracle_dir / "segnet_input_360x480.inputs.npz") as f:
@@ -66,40 +69,37 @@ def test_converted_weights_reproduce_the_caffe_graph_and_the_oracle(oracle_dir, 
     with torch.no_grad():
         ours = torch.softmax(model(x), dim=1)
         graph = net(data=x)["prob"]
-    # The readable model runs the same operations as the Caffe graph: identical numbers.
     assert torch.equal(ours, graph)
-    # And so the oracle's argmax, up to the max-pooling near-ties the graph's tests account for.
-    ref = np.load(oracle_dir / ("segnet_basic.outputs.npz" if "basic" in prototxt else "segnet_full.outputs.npz"))
-    agreement = float((ours.argmax(dim=1).numpy() == ref["argmax"]).mean())
-    assert agreement >= 0.9995
 
 
-def test_one_training_step_reproduces_the_oracle(oracle_dir):
-    """SegNet-Basic in LEARN mode, weighted loss: Caffe's loss and parameter gradients."""
+def test_one_training_step_matches_the_caffe_graph(oracle_dir):
+    """SegNet-Basic in LEARN mode, weighted loss: the converted graph's loss and parameter gradients.
+
+    The graph's own training step is judged against caffe-segnet's in test_oracle.py.
+    """
     net = converter.convert(oracle_dir / "segnet_basic_train.prototxt", oracle_dir / "segnet_basic_train.caffemodel",
                             phase="TRAIN")  # fmt: skip
     model = load_caffe_weights(segnet_basic(), net).train()
     assert isinstance(model.conv1_bn, CaffeBN) and model.conv1_bn.mode == "LEARN"
     with np.load(oracle_dir / "segnet_basic_train.inputs.npz") as f:
-        images, labels = torch.from_numpy(f["data"]), torch.from_numpy(f["label"])[:, 0].long()
-    ref = np.load(oracle_dir / "segnet_basic_train.outputs.npz")
+        images, labels = torch.from_numpy(f["data"]), torch.from_numpy(f["label"])
     weights = torch.tensor(class_weights("prototxt", get_label_space("camvid")), dtype=torch.float32)
-    loss = segnet_loss(model(images), labels, weights, ignore_index=11)
-    want = float(ref["loss"].reshape(()))
-    assert abs(loss.item() - want) / want <= 1e-5
+    loss = segnet_loss(model(images), labels[:, 0].long(), weights, ignore_index=11)
+    graph_loss = net(data=images, label=labels, blobs=["loss"])["loss"]
+    assert abs(loss.item() - graph_loss.item()) <= 1e-6 * abs(graph_loss.item())
     loss.backward()
+    graph_loss.backward()
     checked = 0
-    for key in [k for k in ref.files if k.startswith("param_diff:")]:
-        _, layer, i = key.split(":")
-        module = getattr(model, layer)
-        grad = (module.weight, module.bias)[int(i)].grad if layer.startswith("conv") and not layer.endswith("_bn") \
-            else (module.scale, module.shift)[int(i)].grad  # fmt: skip
-        if np.linalg.norm(ref[key]) < 1e-6:  # a conv bias before BN: rounding noise on both sides
-            assert grad.norm().item() < 1e-6
+    for name, module in model.named_children():
+        if not any(p.requires_grad for p in module.parameters(recurse=False)):
             continue
-        assert relative_l2(grad.numpy().reshape(ref[key].shape), ref[key]) <= 1e-3, key
-        checked += 1
-    assert checked == 19
+        theirs = net.layer(name).blob_tensors()
+        ours = [module.weight, module.bias] if hasattr(module, "weight") else [module.scale, module.shift]
+        for mine, graph in zip(ours, theirs):
+            scale = graph.grad.norm().item()
+            assert (mine.grad.reshape(graph.shape) - graph.grad).norm().item() <= 1e-5 * scale + 1e-9, name
+            checked += 1
+    assert checked == sum(len(m.blob_attrs) for _, m in net.named_layers())
 
 
 def test_weight_mismatches_are_all_listed(oracle_dir):
