@@ -133,12 +133,17 @@ def _how_to_raise() -> str:
     return f"raise it with --memory-limit or {ENV}"
 
 
-def check(nbytes: int | float, what: str, path: str | Path | None = None, layer: str | None = None) -> None:
-    """Raise :class:`MemoryLimitError` when ``what`` would need more than the limit."""
+def check(nbytes: int | float, what: str, path: str | Path | None = None, layer: str | None = None,
+          at_least: bool = False) -> None:  # fmt: skip
+    """Raise :class:`MemoryLimitError` when ``what`` would need more than the limit.
+
+    ``at_least``: ``nbytes`` counts only what was seen so far (a stream, a running total).
+    """
     cap = limit()
     if nbytes > cap:
-        raise MemoryLimitError(f"{what} would need {format_bytes(nbytes)}, over the memory limit of "
-                               f"{format_bytes(cap)} ({_how_to_raise()})", path, layer)  # fmt: skip
+        need = f"at least {format_bytes(nbytes)}" if at_least else format_bytes(nbytes)
+        raise MemoryLimitError(f"{what} would need {need}, over the memory limit of {format_bytes(cap)} "
+                               f"({_how_to_raise()})", path, layer)  # fmt: skip
 
 
 def add_memory_option(parser: argparse.ArgumentParser) -> None:
@@ -199,7 +204,7 @@ class _Allocations(TorchFunctionMode):
                                     self.path)  # fmt: skip
                 dtype = kwargs.get("dtype") or torch.get_default_dtype()
                 self.total += math.prod(shape) * dtype.itemsize
-                check(self.total, self.what, self.path)
+                check(self.total, self.what, self.path, at_least=True)
         return func(*args, **kwargs)
 
 

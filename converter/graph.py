@@ -131,7 +131,8 @@ class CaffeNet(nn.Module):
                     continue
                 try:
                     self._add_layer(layer, used_keys)
-                    budget.check(params.total + self._blob_bytes, "the net's blobs (float32) and parameters")
+                    budget.check(params.total + self._blob_bytes, "the net's blobs (float32) and parameters",
+                                 at_least=True)
                 except UserError as exc:
                     if exc.layer is None:
                         raise type(exc)(exc.problem, exc.path, layer.name) from None

@@ -27,10 +27,17 @@ from google.protobuf.message import DecodeError
 from caffe_proto import caffe_pb2
 
 from . import budget
-from .errors import CaffeFormatError
+from .errors import CaffeFormatError, UserError
 
 GZIP_MAGIC = b"\x1f\x8b"
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+#: Files often given by mistake, told by their first bytes.
+_OTHER_KINDS = (
+    (b"\x93NUMPY", "a NumPy array (.npy)"),
+    (b"PK\x03\x04", "a zip archive (a PyTorch checkpoint or an .npz?)"),
+    (b"\x89PNG", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+)
 
 # Field numbers (caffe.proto).
 _NET_LAYER, _NET_LAYERS_V1 = 100, 2
@@ -40,7 +47,7 @@ _BLOB_DATA, _BLOB_DIFF, _BLOB_SHAPE, _BLOB_DOUBLE_DATA, _BLOB_DOUBLE_DIFF = 5, 6
 
 _WIRE_VARINT, _WIRE_64BIT, _WIRE_LEN, _WIRE_32BIT = 0, 1, 2, 5
 
-_GZIP_CHUNK = 64 << 20  # inflate this much at a time, so that the limit is checked as the data grows
+_GZIP_CHUNK = 16 << 20  # inflate this much at a time, so that the limit is checked as the data grows
 
 
 @dataclass
@@ -96,6 +103,9 @@ def read_weights(path: str | Path) -> CaffeWeights:
             raw = head + f.read()
     except OSError as exc:
         raise CaffeFormatError(f"cannot read weights: {exc.strerror or exc}", path) from None
+    for magic, kind in _OTHER_KINDS:
+        if raw.startswith(magic):
+            raise CaffeFormatError(f"{kind}, not a caffemodel", path)
     if raw.startswith(GZIP_MAGIC):
         raw = _gunzip(raw, path)
     if not raw:
@@ -109,24 +119,24 @@ def read_weights(path: str | Path) -> CaffeWeights:
 
 def _gunzip(raw: bytes, path: Path) -> bytes:
     """Inflate gzip data (all members), stopping as soon as it grows past the memory limit."""
-    cap = budget.limit()
-    out = bytearray()
+    chunks, size = [], 0
     data = raw
     try:
         while data:
             inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            while data:
-                out += inflater.decompress(data, _GZIP_CHUNK)
+            while True:  # at most one chunk of output at a time, also for output pending after the last input
+                chunks.append(inflater.decompress(data, _GZIP_CHUNK))
+                size += len(chunks[-1])
+                budget.check(size, "inflating this gzip-compressed weight file", path, at_least=True)
                 data = inflater.unconsumed_tail
-                if len(out) > cap:
-                    budget.check(len(out), "inflating this gzip-compressed weight file", path)
-            out += inflater.flush()
+                if inflater.eof or (not data and len(chunks[-1]) < _GZIP_CHUNK):
+                    break
             if not inflater.eof:
                 raise CaffeFormatError("truncated gzip data (the stream ends early)", path)
             data = inflater.unused_data  # a next gzip member, or nothing
     except zlib.error as exc:
         raise CaffeFormatError(f"corrupt gzip data ({exc})", path) from None
-    return bytes(out)
+    return b"".join(chunks)
 
 
 def _looks_like_text(raw: bytes) -> bool:
@@ -365,12 +375,12 @@ def _read_hdf5(path: Path) -> CaffeWeights:
                                                path, name)  # fmt: skip
                     total += math.prod(dataset.shape) * 4
                     budget.check(total, f"the blobs up to 'data/{name}/{key}' {list(dataset.shape)} (float32)",
-                                 path, name)  # fmt: skip
+                                 path, name, at_least=True)  # fmt: skip
                     array = np.asarray(dataset[()], dtype=np.float32)
                     blobs.append(Blob(array.reshape(-1), tuple(array.shape)))
                 layers[name] = LayerWeights(name, None, blobs)
     except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
-        if isinstance(exc, CaffeFormatError):
+        if isinstance(exc, UserError):
             raise
         raise CaffeFormatError(f"unreadable HDF5 weights ({type(exc).__name__}: {exc})", path) from None
     return CaffeWeights(str(path), layers)
