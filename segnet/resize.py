@@ -55,11 +55,15 @@ def resize_bilinear(image: np.ndarray, size: Size) -> np.ndarray:
     x0, x1, a0, a1 = _linear_taps(image.shape[1], width, clamp_weight=True)
     y0, y1, b0, b1 = _linear_taps(image.shape[0], height, clamp_weight=False)
     extra = (None,) * (image.ndim - 2)
-    src = image.astype(np.int64)
-    rows = src[:, x0] * a0[(None, slice(None), *extra)] + src[:, x1] * a1[(None, slice(None), *extra)]
+    a0, a1 = a0[(None, slice(None), *extra)], a1[(None, slice(None), *extra)]
+
+    def row_pass(rows: np.ndarray) -> np.ndarray:  # only the source rows the output needs, in int64
+        src = rows.astype(np.int64)
+        return src[:, x0] * a0 + src[:, x1] * a1
+
     b0 = b0[(slice(None), None, *extra)]
     b1 = b1[(slice(None), None, *extra)]
-    out = (((rows[y0] >> 4) * b0) >> 16) + (((rows[y1] >> 4) * b1) >> 16)
+    out = (((row_pass(image[y0]) >> 4) * b0) >> 16) + (((row_pass(image[y1]) >> 4) * b1) >> 16)
     return np.clip((out + 2) >> 2, 0, 255).astype(np.uint8)
 
 
