@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 import converter
 from converter import CaffeNet, UserError
+from converter.atomic import refuse_overwriting_inputs
 from converter.functional import batch_moments, fold_bn_statistics
 from converter.layers.batchnorm import BN as CaffeGraphBN
 from converter.writer import save_caffemodel
@@ -154,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _command(args: argparse.Namespace) -> int:
+    refuse_overwriting_inputs([args.output], [args.model, args.caffemodel])
     if args.caffemodel:
         model = converter.convert(args.model, args.caffemodel)
     else:

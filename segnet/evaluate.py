@@ -35,13 +35,14 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from converter.atomic import refuse_overwriting_inputs, staged_outputs
 from converter.errors import UserError
 from segnet import checkpoint
 from segnet.boundary import BF_TOLERANCE
 from segnet.caffe_graph import as_segmenter, declared_input_size, num_outputs
 from segnet.cli import add_common_options, add_data_option, data_root, parse_size, run
 from segnet.data import SegmentationDataset
-from segnet.imageio import read_label
+from segnet.imageio import read_label, read_size
 from segnet.labels import label_space_for
 from segnet.mc_dropout import dropout_layers, dropout_sampling
 from segnet.metrics import METRICS, SegmentationMetrics
@@ -147,7 +148,27 @@ def saved_predictions(folder: str | Path, dataset: SegmentationDataset) -> Itera
             f"missing prediction {folder / missing[0]} ({len(missing)} of {len(dataset)} images have none)"
         )
     for sample in dataset.samples:
-        yield read_label(folder / sample.name, dataset.label_space, kind="prediction")
+        prediction = read_label(folder / sample.name, dataset.label_space, kind="prediction")
+        label_size = read_size(sample.label, "label")
+        if not rescaled_copy(prediction.shape, label_size):
+            raise EvaluationError(
+                f"prediction {folder / sample.name} is {prediction.shape[0]}x{prediction.shape[1]} but its label "
+                f"{sample.label} is {label_size[0]}x{label_size[1]}: a prediction must have the label's size, or "
+                f"its aspect ratio at 1/{MAX_RESCALE} to {MAX_RESCALE} times the size"
+            )
+        yield prediction
+
+
+MAX_RESCALE = 8  # how much smaller or larger than its label a saved prediction may be
+
+
+def rescaled_copy(size: tuple[int, int], of: tuple[int, int]) -> bool:
+    """Whether an HxW map could be ``of`` rescaled: the same aspect ratio (to a pixel), at most 8x either way."""
+    (h, w), (gh, gw) = size, of
+    if (h, w) == (gh, gw):
+        return True
+    same_aspect = abs(h * gw - w * gh) <= max(gh, gw)
+    return same_aspect and all(1 / MAX_RESCALE <= a / b <= MAX_RESCALE for a, b in ((h, gh), (w, gw)))
 
 
 def evaluate(
@@ -291,17 +312,22 @@ def _command(args: argparse.Namespace) -> int:
         dataset = SegmentationDataset(args.data, args.split, label_space=space, limit=args.limit)
         predictions = saved_predictions(args.predictions, dataset)
         source = {"predictions": str(args.predictions)}
-    summary = evaluate(predictions, dataset, out=args.out, workers=args.workers, progress=args.progress)
+    if args.out:
+        refuse_overwriting_inputs([args.out], [args.model, args.predictions])
+    # The predictions and the report appear together once all is scored, or not at all.
+    with staged_outputs(args.out) if args.out else contextlib.nullcontext() as staging:
+        summary = evaluate(predictions, dataset, out=staging, workers=args.workers, progress=args.progress)
+        if staging is not None:
+            report = {"data": str(args.data), "split": args.split, **source, "bf_tolerance": BF_TOLERANCE}
+            report.update(summary)
+            if paper is not None:
+                report["paper"] = {"row": paper.name, "source": SOURCE, **paper.values()}
+            (staging / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     what = source.get("model") or source.get("predictions")
     print(format_report(summary, f"{space.name} {args.split}, {summary['images']} images, {what}", paper))
     if args.out:
-        report = {"data": str(args.data), "split": args.split, **source, "bf_tolerance": BF_TOLERANCE}
-        report.update(summary)
-        if paper is not None:
-            report["paper"] = {"row": paper.name, "source": SOURCE, **paper.values()}
-        path = Path(args.out) / "report.json"
-        path.write_text(json.dumps(report, indent=1) + "\n")
-        print(f"\nwrote {path}")
+        print(f"\nwrote {Path(args.out) / 'report.json'} and {len(dataset)} predictions in "
+              f"{Path(args.out) / 'labels'}")  # fmt: skip
     return 0
 
 

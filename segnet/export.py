@@ -20,7 +20,7 @@ from torch import nn
 
 from caffe_proto import caffe_pb2
 from converter.functional import pool_output_size
-from converter.atomic import atomic_write
+from converter.atomic import atomic_write, refuse_overwriting_inputs
 from converter import CaffeNet
 from converter.errors import UserError
 from converter.writer import save_caffemodel, write_caffemodel
@@ -172,6 +172,8 @@ def _command(args: argparse.Namespace) -> int:
     from .checkpoint import load_model
     from .weights import readable_twin
 
+    refuse_overwriting_inputs([args.prototxt, args.caffemodel], [args.checkpoint])
+    refuse_overwriting_inputs([args.prototxt], [args.caffemodel])
     model = load_model(args.checkpoint)
     if isinstance(model, CaffeNet):
         model = readable_twin(model) or model

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from converter import CaffeNet
+from converter.atomic import refuse_overwriting_inputs, staged_outputs
 from converter.errors import UserError
 
 from .cli import add_common_options, parse_size, run
@@ -154,6 +155,7 @@ def _command(args: argparse.Namespace) -> int:
     from .weights import readable_twin
 
     _require_exporter()
+    refuse_overwriting_inputs([args.output], [args.model, args.check_image])
     model = load_model(args.model)
     if isinstance(model, CaffeNet):  # export the readable model that computes the same
         twin = readable_twin(model)
@@ -162,7 +164,9 @@ def _command(args: argparse.Namespace) -> int:
                             args.model)  # fmt: skip
         model = twin
     size = args.input_size or declared_input_size(model) or (360, 480)
-    export_onnx(model, args.output, size)
+    output = Path(args.output)
+    with staged_outputs(output.parent) as staging:  # the file (and a weights sidecar) whole, or nothing
+        export_onnx(model, staging / output.name, size)
     sidecar = Path(f"{args.output}.data")
     print(f"wrote {args.output} ({size[0]}x{size[1]} input)" + (f" and its weights {sidecar}" if sidecar.exists()
                                                                   else ""))  # fmt: skip

@@ -34,6 +34,7 @@ from .imageio import load_image
 from .labels import label_space_for
 from .mc_dropout import dropout_layers, dropout_sampling, mc_dropout_predict, samples_by_default
 from .resize import Size, resize_nearest
+from converter.atomic import refuse_overwriting_inputs, staged_outputs
 from converter.errors import UserError
 
 
@@ -90,23 +91,38 @@ def _command(args: argparse.Namespace) -> int:
               f"sampling{caffe}: --mc-samples N averages N samples and writes an uncertainty map", file=sys.stderr)  # fmt: skip
     size = args.size or declared_input_size(model)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with dropout_sampling(model, False):
-        for path in tqdm(args.images, disable=not args.progress or len(args.images) < 2, unit="image"):
+    outputs = _output_names(args.images, bool(args.mc_samples))
+    refuse_overwriting_inputs([out / name for names in outputs for name in names], [args.model, *args.images])
+    # All images segmented, or no file written: a failure on image k leaves nothing behind.
+    done = []
+    with dropout_sampling(model, False), staged_outputs(out) as staging:
+        for path, names in zip(tqdm(args.images, disable=not args.progress or len(args.images) < 2, unit="image"),
+                               outputs):  # fmt: skip
             labels, uncertainty = predict(model, path, space.num_outputs, size, args.mc_samples)
-            stem = Path(path).stem
-            target = out / f"{stem}_segmentation.png"
-            space.to_image(labels).save(target)
-            written = [str(target)]
+            space.to_image(labels).save(staging / names[0], format="PNG")
             if uncertainty is not None:
                 figure = map_with_legend(uncertainty, f"uncertainty: variance of class probabilities over "
                                                       f"{args.mc_samples} samples (mean over classes)")  # fmt: skip
-                figure.save(out / f"{stem}_uncertainty.png")
-                written.append(str(out / f"{stem}_uncertainty.png"))
+                figure.save(staging / names[1], format="PNG")
             present = [space.names[i] for i in np.unique(labels) if i < space.num_outputs]
-            tqdm.write(f"{path}: wrote {' and '.join(written)} ({labels.shape[0]}x{labels.shape[1]}, "
-                       f"{len(present)} classes present)")  # fmt: skip
+            done.append(f"{path}: wrote {' and '.join(str(out / name) for name in names)} ({labels.shape[0]}x"
+                        f"{labels.shape[1]}, {len(present)} classes present)")  # fmt: skip
+    print("\n".join(done))
     return 0
+
+
+def _output_names(images: list[str], uncertainty: bool) -> list[tuple[str, ...]]:
+    """The file names each image's outputs get; two images of one name would overwrite each other's."""
+    names, seen = [], {}
+    for path in images:
+        stem = Path(path).stem
+        if stem in seen:
+            raise UserError(f"{seen[stem]} and {path} would both be written as {stem}_segmentation.png: segment "
+                            "them into different --out folders")  # fmt: skip
+        seen[stem] = path
+        names.append((f"{stem}_segmentation.png", f"{stem}_uncertainty.png") if uncertainty else
+                     (f"{stem}_segmentation.png",))  # fmt: skip
+    return names
 
 
 if __name__ == "__main__":

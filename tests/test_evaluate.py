@@ -171,7 +171,7 @@ def test_command_with_model(tiny_camvid: Path, capsys, monkeypatch) -> None:
         (lambda root, tmp: ["--data", str(root), "--split", "train", "--predictions", str(tmp)], "split 'train' not found"),
         (lambda root, tmp: ["--data", str(root), "--predictions", str(tmp), "--limit", "0"], "--limit must be"),
         (lambda root, tmp: ["--data", str(root), "--predictions", str(root / "testannot"),
-                            "--out", str(root / "test" / "a.png")], "a.png/labels"),
+                            "--out", str(root / "test" / "a.png")], "a.png: is a file"),
     ],
 )  # fmt: skip
 def test_command_bad_input_is_one_line(tiny_camvid: Path, tmp_path: Path, capsys, make_args, message) -> None:
