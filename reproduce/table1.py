@@ -102,7 +102,7 @@ def run_job(variant: str, balancing: str, budget: Budget, data: Path, out: Path,
         data=str(data), out=str(run_dir), model=variant if variant != "SegNet-Basic" else "segnet-basic",
         iterations=budget.iterations, batch_size=budget.batch_size, image_size=budget.image_size,
         val_every=budget.val_every, class_weights=BALANCINGS[balancing], bf16=budget.bf16, device=device,
-        resume=True, progress=progress,
+        resume="auto", progress=progress,
     )  # fmt: skip
     started = time.perf_counter()
     try:

@@ -19,8 +19,11 @@ JSON file) sets the classes; when their number differs from the
 checkpoint's, the classifier is re-initialised. Images are resized to
 ``--image-size``, else to the size the model declares, else kept as stored.
 
-Training resumes from ``OUT/last.pt`` with ``--resume``; ``OUT/best.pt`` holds
-the selected model; ``OUT/log.jsonl`` one JSON line per log event. Several
+Training resumes from ``OUT/last.pt`` with ``--resume`` (an error when there is
+none, or when it was written with another model, label space, batch size,
+image size or seed; ``--resume auto`` starts afresh when there is none);
+``OUT/best.pt`` holds the selected model; ``OUT/log.jsonl`` one JSON line per
+log event, up to the iteration a resumed run continues from. Several
 GPUs (or CPU processes): ``torchrun --nproc_per_node N -m segnet.train ...``.
 """
 
@@ -42,10 +45,11 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from converter.atomic import atomic_write
 from converter.errors import UserError
 
 from .caffe_graph import CaffeSegmenter, declared_input_size
-from .checkpoint import load_model, save_model
+from .checkpoint import read_checkpoint, save_model
 from .class_weights import BALANCINGS, class_weights
 from .cli import add_common_options, add_data_option, data_root, parse_size, positive_int, run
 from .data import SegmentationDataset
@@ -84,7 +88,7 @@ class TrainConfig:
     bf16: bool = False
     channels_last: bool = False
     init: str | None = None  # converted Caffe checkpoint, or a segnet checkpoint, to fine-tune from
-    resume: bool = False
+    resume: str | None = None  # "last": continue from OUT/last.pt, which must exist; "auto": if it exists
     limit: int | None = None  # use only the first N training images (smoke tests)
     progress: bool = True
 
@@ -273,22 +277,83 @@ def initial_model(cfg: TrainConfig) -> Start:
     return starting_model(cfg.init, cfg.model, labels)
 
 
-def resume(run: Run, model: nn.Module, optimizer: torch.optim.Optimizer, batches: Batches) -> tuple[int, dict | None]:
-    """Continue from ``OUT/last.pt`` (weights, optimizer, data order); returns (iteration, best so far)."""
-    last = run.out / "last.pt"
-    if not (run.cfg.resume and last.exists()):
-        return 0, None
+#: Settings a resumed run must share with the run it continues: they fix the model and the order of the data.
+RESUME_KEYS = ("model", "init", "labels", "num_classes", "batch_size", "image_size", "seed", "limit")
+
+
+def resume_point(cfg: TrainConfig) -> dict | None:
+    """The checkpoint ``--resume`` continues from (checked before any work), or None to start at iteration 0.
+
+    ``--resume`` needs a usable ``OUT/last.pt`` written with the same
+    :data:`RESUME_KEYS`; ``--resume auto`` starts afresh when there is none
+    (a damaged one is an error either way).
+    """
+    if not cfg.resume:
+        return None
+    last = Path(cfg.out) / "last.pt"
+    if not last.exists():
+        if cfg.resume == "auto":
+            return None
+        raise UserError("--resume: nothing to resume from (give --resume auto to start afresh when there is no "
+                        "last.pt)", last)  # fmt: skip
+    payload = read_checkpoint(last)
+    meta = payload.get("meta") or {}
+    if not all(key in meta for key in ("iteration", "best", "optimizer", "batches", "config")):
+        raise UserError("not the last.pt of a training run (it lacks the optimizer and data-order state)", last)
+    changed = [f"{key} {meta['config'].get(key)!r} -> {getattr(cfg, key)!r}" for key in RESUME_KEYS
+               if _as_json(meta["config"].get(key)) != _as_json(getattr(cfg, key))]  # fmt: skip
+    if changed:
+        raise UserError(f"--resume with other settings than the run it continues ({'; '.join(changed)}): give "
+                        "the same ones, or another --out", last)  # fmt: skip
+    return payload
+
+
+def _as_json(value: Any) -> Any:
+    return json.loads(json.dumps(value))  # tuples and lists alike
+
+
+def resume(point: dict, model: nn.Module, optimizer: torch.optim.Optimizer, batches: Batches,
+           path: Path) -> tuple[int, dict | None]:  # fmt: skip
+    """Restore weights, optimizer and data order from ``point`` (see resume_point); returns (iteration, best)."""
     target = model.net if isinstance(model, CaffeSegmenter) else model
-    target.load_state_dict(load_model(last).state_dict())
-    state = torch.load(last, map_location="cpu", weights_only=True)["meta"]
-    optimizer.load_state_dict(state["optimizer"])
-    batches.restore(state["batches"])
-    return state["iteration"], state["best"]
+    meta = point["meta"]
+    try:
+        target.load_state_dict(point["state_dict"])
+        optimizer.load_state_dict(meta["optimizer"])
+        batches.restore(meta["batches"])
+    except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+        raise UserError(f"does not fit this run's model ({type(exc).__name__}: {exc})".splitlines()[0],
+                        path) from None  # fmt: skip
+    return meta["iteration"], meta["best"]
+
+
+def truncate_log(path: Path, iteration: int) -> None:
+    """Keep the events of ``path`` up to ``iteration`` (none for a new run): a resumed run logs the rest anew.
+
+    The log then reads as one run: the ``start`` of an earlier attempt at
+    this iteration, the ``end`` of a run now being continued and a line cut
+    short by a kill go too.
+    """
+    kept = []
+    if iteration > 0 and path.exists():
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(event, dict) or event.get("event") == "end":
+                continue
+            starts = event.get("event") == "start"
+            at = event.get("start_iteration" if starts else "iteration")
+            if isinstance(at, int) and (at < iteration if starts else at <= iteration):
+                kept.append(line + "\n")
+    atomic_write(path, lambda f: f.write("".join(kept).encode()))
 
 
 def train(cfg: TrainConfig) -> dict:
     """Run training; returns the summary written to ``OUT/summary.json``."""
     run = setup(cfg)
+    point = resume_point(cfg)
     start = initial_model(cfg)
     model, space = start.model, start.label_space
     size = cfg.image_size or declared_input_size(model)
@@ -306,7 +371,6 @@ def train(cfg: TrainConfig) -> dict:
     start.notes += bn_notes(model)
     if run.main_process:
         run.out.mkdir(parents=True, exist_ok=True)
-        run.log = open(run.out / "log.jsonl", "a")
     for note in start.notes:
         run.say(f"note: {note}")
 
@@ -317,7 +381,12 @@ def train(cfg: TrainConfig) -> dict:
         g["lr"] = cfg.lr * g["lr_mult"]
     batches = Batches(train_set, cfg.batch_size // run.world if run.distributed else cfg.batch_size, cfg.seed,
                       run.rank, run.world)  # fmt: skip
-    start_iter, best = resume(run, model, optimizer, batches)
+    start_iter, best = resume(point, model, optimizer, batches, run.out / "last.pt") if point else (0, None)
+    if cfg.resume and not point:
+        run.say(f"note: no {run.out / 'last.pt'} to resume from: starting at iteration 0")
+    if run.main_process:
+        truncate_log(run.out / "log.jsonl", start_iter)
+        run.log = open(run.out / "log.jsonl", "a")
     meta = {"config": asdict(cfg), "label_space": space.name, "class_weights": balancing}
     run.emit({"event": "start", "config": asdict(cfg), "world_size": run.world, "device": str(run.device),
               "train_images": len(train_set), "start_iteration": start_iter, "input_size": size,
@@ -394,7 +463,7 @@ def loop(run: Run, model: nn.Module, optimizer: torch.optim.Optimizer, batches: 
         if val_set is None:  # nothing to select by: the last model is the result
             save(run.out / "best.pt", {"iteration": cfg.iterations})
         run.emit({"event": "end", **summary})
-        (run.out / "summary.json").write_text(json.dumps(summary, indent=1))
+        atomic_write(run.out / "summary.json", lambda f: f.write(json.dumps(summary, indent=1).encode()))
     return summary
 
 
@@ -432,7 +501,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (fast on recent GPUs and CPUs)")
     p.add_argument("--channels-last", action="store_true", help="channels-last memory format")
     p.add_argument("--init", help="start from a converted Caffe net (.pt from python -m converter) or a segnet checkpoint")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--resume", nargs="?", const="last", choices=("last", "auto"),
+                   help="continue from OUT/last.pt, which must exist and come from a run with the same model, "
+                        "labels, batch size, image size and seed; --resume auto: start afresh when there is none")  # fmt: skip
     p.add_argument("--limit", type=positive_int, help="use only the first N training images")
     add_common_options(p)
     return p
