@@ -53,6 +53,8 @@ def wrong_kind(head: bytes) -> str | None:
     """What a file that is not a torch checkpoint is, from its first bytes; None for a torch file."""
     if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":  # torch's zip format, or a legacy pickle
         return None
+    if head and b"PK\x03\x04".startswith(head):
+        return None  # the start of a zip archive, cut short: read_payload says it is truncated
     if not head:
         return "an empty file, not a model checkpoint"
     if head[:2] == b"\x1f\x8b":
