@@ -147,6 +147,10 @@ def files(tmp_path_factory) -> dict[str, Path]:
     proto("blob_too_big", NET.replace("dim: 8 dim: 8", "dim: 100000 dim: 100000"))
     relus = "".join(f'layer {{ name: "r{i}" type: "ReLU" bottom: "conv1" top: "conv1" }}\n' for i in range(20000))
     proto("many_layers", NET + relus)  # about 1 MB
+    (root / "infogain.binaryproto").write_bytes(b"\xff\xff\xff\xff not a blob")
+    proto("corrupt_infogain", 'input: "p" input_shape { dim: 2 dim: 3 } input: "l" input_shape { dim: 2 }\n'
+          'layer { name: "loss" type: "InfogainLoss" bottom: "p" bottom: "l" top: "loss" '
+          f'infogain_loss_param {{ source: "{root / "infogain.binaryproto"}" }} }}\n')  # fmt: skip
     proto("duplicate_names", NET + f'layer {{ name: "conv1" type: "Convolution" bottom: "conv1" top: "c2" {CONV} }}\n')
 
     # caffemodels
@@ -307,6 +311,7 @@ def _cases(f: dict[str, Path], out: Path) -> list[dict]:
         "stride0": "stride must be at least 1", "group0": "group must be at least 1",
         "huge_output": "memory limit", "negative_shape": "every size must be positive",
         "zero_input": "every size must be positive", "blob_too_big": "2^31-1",
+        "corrupt_infogain": "not a binary BlobProto",
     }.items():  # fmt: skip
         case(f"converter/prototxt/{name}", "converter", [f[name], "-q", "-o", o], words)
     case("converter/prototxt/many_layers", "converter", [f["many_layers"], "-q", "-o", o, "--memory-limit", "32M"],

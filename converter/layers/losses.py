@@ -28,13 +28,16 @@ pass is written out as Caffe computes it.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
+from google.protobuf.message import DecodeError
 
 from caffe_proto import caffe_pb2
 
+from .. import budget
 from .base import CaffeLayer, Shape, register
 
 #: Caffe's floor on probabilities inside a log (kLOG_THRESHOLD).
@@ -283,7 +286,12 @@ def multinomial_logistic_loss(prob: torch.Tensor, labels: torch.Tensor) -> torch
 
 def read_infogain_matrix(path: str | Path) -> np.ndarray:
     """The infogain matrix from a binary BlobProto file, as an array of the blob's shape."""
-    blob = caffe_pb2.BlobProto.FromString(Path(path).read_bytes())
+    with open(path, "rb") as f:
+        budget.check(os.fstat(f.fileno()).st_size * 2, "reading this infogain matrix", path)  # bytes, then floats
+        try:
+            blob = caffe_pb2.BlobProto.FromString(f.read())
+        except DecodeError as exc:
+            raise ValueError(f"not a binary BlobProto ({exc})") from None
     if blob.HasField("shape"):
         shape = tuple(blob.shape.dim)
     else:
