@@ -188,31 +188,33 @@ def _forward(net: CaffeNet, arrays: dict[str, np.ndarray], args) -> int:
     ignored = sorted(set(inputs) - set(net.input_shapes))
     if ignored:
         print(f"note: arrays {ignored} are not inputs of this net and were not fed")
-    if args.dump:
-        wanted = set(args.blobs.split(",")) if args.blobs else set(net.blob_shapes)
-        unknown = wanted - set(net.blob_shapes)
+    if args.dump or not args.compare:  # a plain forward pass shows the net runs on these inputs
+        wanted = set(args.blobs.split(",")) if args.blobs else set(net.blob_shapes) if args.dump else None
+        unknown = (wanted or set()) - set(net.blob_shapes)
         if unknown:
             raise CaffeFormatError(f"--blobs names {sorted(unknown)}, which this net does not have")
         feed = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in inputs.items() if k in net.input_shapes}
         with torch.no_grad():
             try:
-                out = net(**feed, blobs=sorted(wanted))
+                out = net(**feed, blobs=sorted(wanted) if wanted else None)
             except TypeError as exc:
                 raise CaffeFormatError(str(exc)) from None
-        dump = numpy_blobs(out)
-        _atomic_savez(Path(args.dump), dump)
-        print(f"wrote {len(dump)} blob(s) to {args.dump}")
+        if args.dump:
+            dump = numpy_blobs(out)
+            _atomic_savez(Path(args.dump), dump)
+            print(f"wrote {len(dump)} blob(s) to {args.dump}")
+        else:
+            print("forward pass: " + ", ".join(f"{k} {list(v.shape)}" for k, v in out.items()))
     if args.compare:
         return _compare(net, arrays, args)
     return 0
 
 
 def _compare(net: CaffeNet, arrays: dict[str, np.ndarray], args) -> int:
-    try:
-        with np.load(args.compare) as f:
-            reference = {k: f[k] for k in f.files}
-    except (OSError, ValueError, EOFError) as exc:
-        raise CaffeFormatError(f"cannot read reference blobs: {exc}", args.compare) from None
+    reference = read_arrays(args.compare)
+    if not isinstance(reference, dict):
+        raise CaffeFormatError("the reference must be an .npz archive of named blobs, not a single .npy array",
+                               args.compare)  # fmt: skip
     sampling = [step.name for step, m in net.named_layers() if step.type == "Dropout" and (m.training or m.mc_dropout)]
     if sampling:
         raise CaffeFormatError(
