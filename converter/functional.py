@@ -207,7 +207,7 @@ FLT_MIN = torch.finfo(torch.float32).tiny
 
 class _SoftmaxLossFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits, labels, weights, ignore_label, normalize, axis):
+    def forward(ctx, logits, labels, weights, ignore_label, normalize, axis, checked=True):
         # Work on (outer, C, inner) views.
         shape = logits.shape
         outer = math.prod(shape[:axis])
@@ -216,10 +216,11 @@ class _SoftmaxLossFunction(torch.autograd.Function):
         prob = torch.softmax(x, dim=1)
         label = labels.reshape(outer, -1).to(torch.int64)  # Caffe truncates float labels
         valid = torch.ones_like(label, dtype=torch.bool) if ignore_label is None else label != ignore_label
-        bad = valid & ((label < 0) | (label >= classes))
-        if bad.any():
-            value = int(label[bad][0])
-            raise ValueError(f"label {value} is outside 0..{classes - 1} and is not the ignore_label")
+        if checked:
+            bad = valid & ((label < 0) | (label >= classes))
+            if bad.any():
+                value = int(label[bad][0])
+                raise ValueError(f"label {value} is outside 0..{classes - 1} and is not the ignore_label")
         safe = torch.where(valid, label, torch.zeros_like(label))
         p = prob.gather(1, safe.unsqueeze(1)).squeeze(1)
         term = -torch.log(torch.clamp(p, min=FLT_MIN))
@@ -227,8 +228,10 @@ class _SoftmaxLossFunction(torch.autograd.Function):
         if w is not None:
             term = term * w
         term = torch.where(valid, term, torch.zeros_like(term))
-        count = int(valid.sum())
-        divisor = float(count) if normalize else float(outer)
+        if checked:
+            divisor = float(int(valid.sum())) if normalize else float(outer)
+        else:  # a tensor: reading the count would wait for the device; float32 holds counts < 2^24 exactly
+            divisor = valid.sum().clamp(min=1).to(torch.float32) if normalize else float(outer)
         loss = term.double().sum() / divisor
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(prob, safe, valid)
@@ -251,7 +254,7 @@ class _SoftmaxLossFunction(torch.autograd.Function):
         if grad_prob is not None:  # the prob top used elsewhere: plain softmax backward
             g = grad_prob.reshape(prob.shape)
             grad = grad + prob * (g - (g * prob).sum(dim=1, keepdim=True))
-        return grad.reshape(ctx.shape), None, None, None, None, None
+        return grad.reshape(ctx.shape), None, None, None, None, None, None
 
 
 def softmax_with_loss(
@@ -261,6 +264,12 @@ def softmax_with_loss(
     ignore_label: int | None = None,
     normalize: bool = True,
     axis: int = 1,
+    checked: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """caffe-segnet's weighted softmax loss. Returns (loss, prob)."""
-    return _SoftmaxLossFunction.apply(logits, labels, class_weights, ignore_label, normalize, axis)
+    """caffe-segnet's weighted softmax loss. Returns (loss, prob).
+
+    ``checked=False`` never waits for the device (a training loop's need):
+    labels are not checked (the caller has), and a batch without a labelled
+    pixel gives 0 instead of Caffe's 0/0.
+    """
+    return _SoftmaxLossFunction.apply(logits, labels, class_weights, ignore_label, normalize, axis, checked)
