@@ -25,13 +25,20 @@ image size or seed; ``--resume auto`` starts afresh when there is none);
 ``OUT/best.pt`` holds the selected model; ``OUT/log.jsonl`` one JSON line per
 log event, up to the iteration a resumed run continues from. Several
 GPUs (or CPU processes): ``torchrun --nproc_per_node N -m segnet.train ...``.
+``--time-limit MINUTES`` stops cleanly, ``last.pt`` written, for ``--resume``.
+
+The training split is held on the device as uint8 and batched there
+(segnet.resident), and the host waits for the device only every
+``--log-every`` iterations, when the summed loss is read and checked; on
+CUDA cuDNN picks its fastest algorithms, and ``--bf16``, ``--channels-last``
+and ``--compile`` (torch.compile) make steps faster still. The log's
+images/s count training time only.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -39,7 +46,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -56,10 +62,9 @@ from .data import SegmentationDataset
 from .finetune import Start, bn_notes, starting_model, unfold_inference_bn
 from .labels import LabelSpace
 from .loss import segnet_loss
-from .mc_dropout import dropout_sampling
-from .metrics import confusion_matrix, global_accuracy, match_size
 from .nn import CaffeBN
 from .registry import MODEL_NAMES
+from .resident import Batches, ResidentBatches, ValidationSet, fits_on, validation_accuracy
 
 
 class TrainingDiverged(UserError):
@@ -87,6 +92,8 @@ class TrainConfig:
     device: str = "auto"
     bf16: bool = False
     channels_last: bool = False
+    compile: bool = False  # torch.compile the model (CUDA; eager when it fails)
+    time_limit: float | None = None  # minutes: then stop cleanly, last.pt written, to be continued with --resume
     init: str | None = None  # converted Caffe checkpoint, or a segnet checkpoint, to fine-tune from
     resume: str | None = None  # "last": continue from OUT/last.pt, which must exist; "auto": if it exists
     limit: int | None = None  # use only the first N training images (smoke tests)
@@ -155,71 +162,6 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
-class Batches:
-    """Endless batches from an in-memory split, reshuffled every epoch (per rank under DDP)."""
-
-    def __init__(self, dataset: SegmentationDataset, batch_size: int, seed: int, rank: int = 0, world: int = 1):
-        self.images, self.labels = dataset.images, dataset.labels
-        self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
-        self.epoch, self.order, self.pos = -1, [], 0
-
-    def state(self) -> dict:
-        return {"epoch": self.epoch, "pos": self.pos}
-
-    def restore(self, state: dict) -> None:
-        self.epoch = state["epoch"] - 1
-        self._new_epoch()
-        self.pos = state["pos"]
-
-    def _new_epoch(self) -> None:
-        self.epoch += 1
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(len(self.images), generator=g)
-        self.order, self.pos = order[self.rank :: self.world].tolist(), 0
-
-    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        picked = []
-        while len(picked) < self.batch_size:
-            if self.pos >= len(self.order):
-                self._new_epoch()
-            picked.append(self.order[self.pos])
-            self.pos += 1
-        return self.images[picked].float(), self.labels[picked].long()
-
-
-class ValidationSet:
-    """A split held in memory for model selection: images at the input size, labels at their own size."""
-
-    def __init__(self, root: str, split: str, size: tuple[int, int] | None, label_space: LabelSpace):
-        resized = SegmentationDataset(root, split, size=size, label_space=label_space, in_memory=True)
-        native = SegmentationDataset(root, split, label_space=label_space)
-        self.images = resized.images
-        self.labels = [native.load_u8(i)[1] for i in range(len(native))]
-        self.label_space = label_space
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-
-@torch.no_grad()
-def validation_accuracy(model: nn.Module, dataset: ValidationSet, device: torch.device, batch_size: int = 4,
-                        bf16: bool = False) -> float:  # fmt: skip
-    """Global accuracy (correct / labelled pixels) over a split, predictions scored at the labels' size."""
-    was_training = model.training
-    model.eval()
-    space = dataset.label_space
-    cm = 0
-    for start in range(0, len(dataset), batch_size):
-        images = dataset.images[start : start + batch_size].float().to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16), dropout_sampling(model, False):
-            pred = model(images).argmax(dim=1).cpu().numpy()
-        for gt, p in zip(dataset.labels[start : start + batch_size], pred):
-            p = match_size(p, gt.shape)
-            cm = cm + confusion_matrix(space.class_index(gt), space.class_index(p), space.num_classes)
-    model.train(was_training)
-    return global_accuracy(cm)
-
-
 # ------------------------------------------------------------------ a run
 
 
@@ -262,6 +204,8 @@ def setup(cfg: TrainConfig) -> Run:
         if device.type == "cuda":
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
             torch.cuda.set_device(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # one input size: cuDNN's fastest algorithms are worth measuring
     out = Path(cfg.out)
     torch.manual_seed(cfg.seed)
     return Run(cfg, device, rank, world, out, None, distributed)
@@ -352,6 +296,7 @@ def truncate_log(path: Path, iteration: int) -> None:
 
 def train(cfg: TrainConfig) -> dict:
     """Run training; returns the summary written to ``OUT/summary.json``."""
+    started = time.time()
     run = setup(cfg)
     point = resume_point(cfg)
     start = initial_model(cfg)
@@ -379,8 +324,14 @@ def train(cfg: TrainConfig) -> dict:
     optimizer = torch.optim.SGD(caffe_param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum)
     for g in optimizer.param_groups:
         g["lr"] = cfg.lr * g["lr_mult"]
-    batches = Batches(train_set, cfg.batch_size // run.world if run.distributed else cfg.batch_size, cfg.seed,
-                      run.rank, run.world)  # fmt: skip
+    held = run.device if fits_on(run.device, train_set.images, train_set.labels) else torch.device("cpu")
+    if held != run.device:
+        run.say(f"note: the training split does not fit in a quarter of {run.device}'s free memory: each batch is "
+                "copied there")  # fmt: skip
+    batches = ResidentBatches(train_set, cfg.batch_size // run.world if run.distributed else cfg.batch_size,
+                              cfg.seed, run.rank, run.world, device=held)  # fmt: skip
+    if val_set is not None and fits_on(run.device, val_set.images):
+        val_set.to(run.device)
     start_iter, best = resume(point, model, optimizer, batches, run.out / "last.pt") if point else (0, None)
     if cfg.resume and not point:
         run.say(f"note: no {run.out / 'last.pt'} to resume from: starting at iteration 0")
@@ -392,7 +343,8 @@ def train(cfg: TrainConfig) -> dict:
               "train_images": len(train_set), "start_iteration": start_iter, "input_size": size,
               "label_space": space.name, "class_weights": balancing, "notes": start.notes})  # fmt: skip
     try:
-        summary = loop(run, model, optimizer, batches, weights, val_set, space, size, start_iter, best, meta)
+        deadline = started + 60 * cfg.time_limit if cfg.time_limit is not None else None
+        summary = loop(run, model, optimizer, batches, weights, val_set, space, size, start_iter, best, meta, deadline)
     finally:
         if run.log:
             run.log.close()
@@ -403,18 +355,34 @@ def train(cfg: TrainConfig) -> dict:
 
 def loop(run: Run, model: nn.Module, optimizer: torch.optim.Optimizer, batches: Batches,
          weights: torch.Tensor | None, val_set: ValidationSet | None, space: LabelSpace,
-         size: tuple[int, int] | None, start_iter: int, best: dict | None, meta: dict[str, Any]) -> dict:  # fmt: skip
-    """SGD steps from ``start_iter`` to the configured count, with logging, validation and checkpoints."""
+         size: tuple[int, int] | None, start_iter: int, best: dict | None, meta: dict[str, Any],
+         deadline: float | None = None) -> dict:  # fmt: skip
+    """SGD steps from ``start_iter`` to the configured count, with logging, validation and checkpoints.
+
+    The host waits for the device only every ``log_every`` iterations (the
+    loss is summed on the device; a non-finite one is caught there), at
+    validations and checkpoints. Training time (for images/s) is measured
+    between those waits, validation and checkpoints left out. Past
+    ``deadline`` (time.time()), checked at the same points, the run stops
+    with ``last.pt`` written.
+    """
     cfg = run.cfg
     net = nn.parallel.DistributedDataParallel(model) if run.distributed else model
     net.train()
+    step = Step(run, net, optimizer, weights, space)
+    window = LossWindow(run.device)
 
     def save(path: Path, extra: dict) -> None:
         save_model(path, model, {**meta, **extra}, label_space=space, input_size=size)
 
+    def save_last(iteration: int) -> None:
+        save(run.out / "last.pt", {"iteration": iteration, "best": best, "optimizer": optimizer.state_dict(),
+                                   "batches": batches.state()})  # fmt: skip
+
     def validate(iteration: int) -> None:
         nonlocal best
-        accuracy = validation_accuracy(model, val_set, run.device, bf16=cfg.bf16)
+        accuracy = validation_accuracy(model, val_set, run.device, batch_size=4 if run.device.type == "cpu" else 16,
+                                       bf16=cfg.bf16, channels_last=cfg.channels_last)  # fmt: skip
         run.emit({"event": "val", "iteration": iteration, "global_accuracy": accuracy})
         if best is None or accuracy > best["accuracy"]:
             best = {"accuracy": accuracy, "iteration": iteration}
@@ -426,45 +394,163 @@ def loop(run: Run, model: nn.Module, optimizer: torch.optim.Optimizer, batches: 
         validate(0)  # the starting point: a fine-tuned model's own accuracy
     bar = tqdm(total=cfg.iterations, initial=start_iter, disable=not (cfg.progress and run.main_process),
                unit="it", dynamic_ncols=True)  # fmt: skip
-    seen_images, busy, window_loss = 0, 0.0, []
+    clock = TrainingClock(run.device)
+    stopped = None
     for iteration in range(start_iter + 1, cfg.iterations + 1):
-        tick = time.perf_counter()
         images, labels = batches.next()
         images, labels = images.to(run.device, non_blocking=True), labels.to(run.device, non_blocking=True)
         if cfg.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-            logits = net(images)
-        loss = segnet_loss(logits, labels, weights, ignore_index=space.void)
-        if not math.isfinite(loss.item()):
-            raise TrainingDiverged(f"loss became {loss.item()} at iteration {iteration} (try a smaller --lr)")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        seen_images += images.shape[0] * run.world
-        busy += time.perf_counter() - tick  # training time only: validation and checkpoints are not counted
-        window_loss.append(loss.item())
-        if run.main_process and (iteration % cfg.log_every == 0 or iteration == cfg.iterations):
-            rate = seen_images / max(busy, 1e-9)
-            run.emit({"event": "train", "iteration": iteration, "loss": float(np.mean(window_loss)),
-                      "images_per_s": rate, "epoch": batches.epoch})  # fmt: skip
-            bar.set_postfix(loss=f"{np.mean(window_loss):.4f}", img_s=f"{rate:.1f}")
-            window_loss, seen_images, busy = [], 0, 0.0
+        window.add(step(images, labels), iteration)
+        clock.count(images.shape[0] * run.world)
         bar.update(1)
-        due = val_set is not None and (iteration % cfg.val_every == 0 or iteration == cfg.iterations)
-        if due and run.main_process:
-            validate(iteration)
-        if (due or iteration == cfg.iterations) and run.main_process:
-            save(run.out / "last.pt", {"iteration": iteration, "best": best, "optimizer": optimizer.state_dict(),
-                                       "batches": batches.state()})  # fmt: skip
+        last = iteration == cfg.iterations
+        if iteration % cfg.log_every == 0 or last:
+            loss = window.check()  # waits for the device
+            _, rate = clock.lap()
+            if run.main_process:
+                run.emit({"event": "train", "iteration": iteration, "loss": loss, "images_per_s": rate,
+                          "epoch": batches.state()["epoch"]})  # fmt: skip
+                bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.1f}")
+            if not last and deadline is not None and past(deadline, run):
+                stopped = iteration
+        due = val_set is not None and (iteration % cfg.val_every == 0 or last)
+        if (due or last or stopped) and run.main_process:
+            clock.pause()
+            if due:
+                validate(iteration)
+            save_last(iteration)
+            clock.resume()
+        if stopped:
+            run.emit({"event": "stopped", "iteration": iteration, "time_limit_minutes": cfg.time_limit})
+            run.say(f"time limit reached: stopped after iteration {iteration}; --resume continues from "
+                    f"{run.out / 'last.pt'}")  # fmt: skip
+            break
     bar.close()
-    summary = {"iterations": cfg.iterations, "best": best, "world_size": run.world}
-    if run.main_process:
+    summary = {"iterations": cfg.iterations, "best": best, "world_size": run.world, "start_iteration": start_iter,
+               "stopped_at": stopped, **clock.totals()}  # fmt: skip
+    if run.main_process and not stopped:
         if val_set is None:  # nothing to select by: the last model is the result
             save(run.out / "best.pt", {"iteration": cfg.iterations})
         run.emit({"event": "end", **summary})
         atomic_write(run.out / "summary.json", lambda f: f.write(json.dumps(summary, indent=1).encode()))
     return summary
+
+
+def past(deadline: float, run: Run) -> bool:
+    """Whether ``deadline`` has passed, decided once for all processes (they must stop at one iteration)."""
+    late = time.time() >= deadline
+    if run.distributed:
+        flag = torch.tensor(float(late), device=run.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        late = bool(flag.item())
+    return late
+
+
+class Step:
+    """One SGD step (forward, Caffe's loss, backward, update) that returns the loss without waiting for it.
+
+    bf16 autocast when asked; with ``compile``, the model through
+    ``torch.compile`` on CUDA, falling back to eager if the first step fails.
+    """
+
+    def __init__(self, run: Run, net: nn.Module, optimizer: torch.optim.Optimizer, weights: torch.Tensor | None,
+                 space: LabelSpace) -> None:  # fmt: skip
+        self.run, self.net, self.optimizer, self.space = run, net, optimizer, space
+        self.weights = weights.to(run.device) if weights is not None else None
+        self.forward, self.first = net, True
+        if run.cfg.compile and run.device.type != "cuda":
+            run.say(f"note: --compile is used on CUDA only; on {run.device.type} the model runs eagerly")
+        elif run.cfg.compile:
+            self.forward = torch.compile(net)
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if not (self.first and self.forward is not self.net):
+            return self._step(images, labels)
+        self.first = False
+        try:
+            return self._step(images, labels)
+        except Exception as exc:  # whatever the compiler raised: the eager model computes the same
+            self.run.say(f"note: torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+                         "training eagerly")  # fmt: skip
+            self.forward = self.net
+            return self._step(images, labels)
+
+    def _step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(self.run.device.type, dtype=torch.bfloat16, enabled=self.run.cfg.bf16):
+            logits = self.forward(images)
+        loss = segnet_loss(logits, labels, self.weights, ignore_index=self.space.void)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+
+class LossWindow:
+    """The loss summed on the device since the last check, and the first iteration whose loss was not finite."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.total = torch.zeros((), dtype=torch.float64, device=device)
+        self.count = 0
+        self.first_bad = torch.zeros((), dtype=torch.int64, device=device)  # 0: none yet
+
+    def add(self, loss: torch.Tensor, iteration: int) -> None:
+        self.total += loss
+        self.count += 1
+        bad = (~torch.isfinite(loss)) & (self.first_bad == 0)
+        self.first_bad = torch.where(bad, iteration, self.first_bad)
+
+    def check(self) -> float:
+        """The window's mean loss (read from the device); raises TrainingDiverged after a non-finite loss."""
+        first_bad, mean = int(self.first_bad), float(self.total) / max(self.count, 1)
+        if first_bad:
+            raise TrainingDiverged(f"loss became {mean} at iteration {first_bad} (try a smaller --lr)")
+        self.total.zero_()
+        self.count = 0
+        return mean
+
+
+class TrainingClock:
+    """Images and seconds of training, timed between points where the host has waited for the device."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.images = self.window_images = 0
+        self.seconds = self.window_seconds = 0.0
+        self.tick: float | None = time.perf_counter()
+
+    def count(self, images: int) -> None:
+        self.images += images
+        self.window_images += images
+
+    def _stop(self) -> None:
+        if self.tick is not None:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            now = time.perf_counter()
+            self.seconds += now - self.tick
+            self.window_seconds += now - self.tick
+            self.tick = None
+
+    def pause(self) -> None:
+        """Before validation and checkpoints, which are not training time."""
+        self._stop()
+
+    def resume(self) -> None:
+        self.tick = time.perf_counter()
+
+    def lap(self) -> tuple[float, float]:
+        """(seconds, images/s) of training since the last lap."""
+        self._stop()
+        seconds, rate = self.window_seconds, self.window_images / max(self.window_seconds, 1e-9)
+        self.window_images, self.window_seconds = 0, 0.0
+        self.resume()
+        return seconds, rate
+
+    def totals(self) -> dict[str, float]:
+        """The run's training images, seconds and images/s (this process's part of a resumed run)."""
+        return {"train_images": self.images, "train_seconds": self.seconds,
+                "images_per_s": self.images / max(self.seconds, 1e-9)}  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -500,6 +586,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=d.device, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (fast on recent GPUs and CPUs)")
     p.add_argument("--channels-last", action="store_true", help="channels-last memory format")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model on CUDA (eager if that fails)")
+    p.add_argument("--time-limit", type=float, metavar="MINUTES",
+                   help="stop cleanly after this long (checked every --log-every iterations), last.pt written; "
+                        "--resume continues")  # fmt: skip
     p.add_argument("--init", help="start from a converted Caffe net (.pt from python -m converter) or a segnet checkpoint")
     p.add_argument("--resume", nargs="?", const="last", choices=("last", "auto"),
                    help="continue from OUT/last.pt, which must exist and come from a run with the same model, "
@@ -517,11 +607,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _command(cfg: TrainConfig) -> int:
     cfg.data = data_root(cfg.data)
-    if cfg.iterations < 0 or cfg.val_every < 0:
-        raise UserError("--iterations and --val-every must be 0 or more")
+    if cfg.iterations < 0 or cfg.val_every < 0 or (cfg.time_limit is not None and cfg.time_limit < 0):
+        raise UserError("--iterations, --val-every and --time-limit must be 0 or more")
     summary = train(cfg)
     out = Path(cfg.out) / "best.pt"
-    if summary["best"] is not None:
+    if summary["stopped_at"]:
+        print(f"stopped by --time-limit after iteration {summary['stopped_at']} of {summary['iterations']}; "
+              f"--resume continues from {Path(cfg.out) / 'last.pt'}")  # fmt: skip
+    elif summary["best"] is not None:
         print(f"best validation global accuracy {summary['best']['accuracy']:.4f} at iteration "
               f"{summary['best']['iteration']}; model in {out}")  # fmt: skip
     else:
