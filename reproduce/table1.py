@@ -18,6 +18,11 @@ iterations, validation every 1000), for a GPU. The output is a Markdown table
     python reproduce/table1.py [--full] [--variants A,B] [--balancing median,natural]
                                [--iterations N] [--image-size H,W] [--device cuda] [--data CAMVID]
 
+The paper's budget on a GPU machine lent for minutes is reproduce/device.py's
+work (reproduce/DEVICE.md): it trains rows in bf16 from packed data and brings
+them back; ``--report`` scores them here on the original test PNGs and
+assembles reproduce/results/table1_full.md and .png, rows not yet run marked.
+
 "Median frequency" uses the weights derived from the training labels with
 the paper's definition (segnet.class_weights); "natural" uses none.
 """
@@ -70,6 +75,8 @@ class Budget:
 
 
 PAPER_BUDGET = Budget(16000, 12, (360, 480), 1000, False, "full")
+#: The paper's budget as the GPU runner trains it (reproduce/device.py): bf16 autocast (the paper: fp32 Caffe).
+DEVICE_BUDGET = replace(PAPER_BUDGET, bf16=True)
 CPU_BUDGET = Budget(80, 12, (90, 120), 40, True, "cpu")
 
 
@@ -82,6 +89,11 @@ def bf16_available(device: torch.device) -> bool:
 
 def job_name(variant: str, balancing: str) -> str:
     return f"{variant}__{balancing}"
+
+
+def model_name(variant: str) -> str:
+    """The registry name of a Table 1 variant."""
+    return "segnet-basic" if variant == "SegNet-Basic" else variant
 
 
 def run_job(variant: str, balancing: str, budget: Budget, data: Path, out: Path, device: str = "auto",
@@ -99,7 +111,7 @@ def run_job(variant: str, balancing: str, budget: Budget, data: Path, out: Path,
                 return cached
     run_dir = out / "runs" / job_name(variant, balancing)
     cfg = TrainConfig(
-        data=str(data), out=str(run_dir), model=variant if variant != "SegNet-Basic" else "segnet-basic",
+        data=str(data), out=str(run_dir), model=model_name(variant),
         iterations=budget.iterations, batch_size=budget.batch_size, image_size=budget.image_size,
         val_every=budget.val_every, class_weights=BALANCINGS[balancing], bf16=budget.bf16, device=device,
         resume="auto", progress=progress,
@@ -115,16 +127,13 @@ def run_job(variant: str, balancing: str, budget: Budget, data: Path, out: Path,
         return json.loads(cache.read_text())
     train_seconds = time.perf_counter() - started
     model = load_model(run_dir / "best.pt", map_location=cfg.device if cfg.device != "auto" else "cpu")
-    # images at the budget's size; predictions are scored at the labels' 360x480
-    test = SegmentationDataset(data, "test", size=budget.image_size)
-    metrics = evaluate(model_predictions(model, test, batch_size=4, device=next(model.parameters()).device), test)
     result = {
         "variant": variant,
         "balancing": balancing,
         "budget": asdict(budget),
         "best_iteration": summary["best"]["iteration"],
         "val_global_accuracy": summary["best"]["accuracy"],
-        "test": {k: 100 * metrics[k] for k in METRICS},
+        "test": test_scores(model, data, budget.image_size),
         "params": count_parameters(build_model(cfg.model)),
         "inference_ms": inference_ms(model.cpu(), budget.image_size),
         "train_seconds": train_seconds,
@@ -135,15 +144,29 @@ def run_job(variant: str, balancing: str, budget: Budget, data: Path, out: Path,
     return json.loads(cache.read_text())  # the same form a cached result has
 
 
+def test_scores(model: torch.nn.Module, data: Path, size: tuple[int, int], progress: bool = False) -> dict:
+    """G, C, mIoU, BF (percent) on the test split: images in at ``size``, scored at the labels' 360x480."""
+    test = SegmentationDataset(data, "test", size=size)
+    predictions = model_predictions(model, test, batch_size=4, device=next(model.parameters()).device)
+    metrics = evaluate(predictions, test, progress=progress)
+    return {k: 100 * metrics[k] for k in METRICS}
+
+
 @torch.no_grad()
 def inference_ms(model: torch.nn.Module, size: tuple[int, int], repeats: int = 5) -> float:
+    """Median time of one image's forward pass (fp32) where the model is."""
     model.eval()
-    x = torch.rand(1, 3, *size) * 255
+    device = next(model.parameters()).device
+    x = torch.rand(1, 3, *size, device=device) * 255
     model(x)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         model(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         times.append(time.perf_counter() - start)
     return 1000 * statistics.median(times)
 
@@ -171,11 +194,10 @@ def assemble_table(results: list[dict], budget: Budget, command: str, hw: str) -
         "|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for r in results:
-        paper = paper_row(r["variant"] + ("/natural" if r["balancing"] == "natural" else "")).values()
         if "diverged" in r:
             lines.append(f"| {r['variant']} | {r['balancing']} | | {r['diverged']} | | | | | |")
             continue
-        cells = [f"{paper[m]:.1f} / {r['test'][m]:.1f} / {r['test'][m] - paper[m]:+.1f}" for m in METRICS]
+        cells = score_cells(r)
         lines.append(
             f"| {r['variant']} | {r['balancing']} | {r['params'] / 1e6:.3f} / {PAPER_PARAMS_M[r['variant']]} | "
             + " | ".join(cells)
@@ -187,7 +209,88 @@ def assemble_table(results: list[dict], budget: Budget, command: str, hw: str) -
     return "\n".join(lines) + "\n"
 
 
-def plot(results: list[dict], path: Path) -> None:
+def score_cells(result: dict) -> list[str]:
+    """``paper / ours / delta`` per metric of a scored row."""
+    paper = paper_values(result)
+    return [f"{paper[m]:.1f} / {result['test'][m]:.1f} / {result['test'][m] - paper[m]:+.1f}" for m in METRICS]
+
+
+def assemble_device_table(rows: dict[tuple[str, str], dict | None], name: str) -> str:
+    """The report of the rows trained by reproduce/device.py: every Table 1 row, those not run marked so."""
+    done = [r for r in rows.values() if r is not None]
+    budgets = sorted({Budget(**{**r["budget"], "image_size": tuple(r["budget"]["image_size"])}).describe()
+                      for r in done}) or [DEVICE_BUDGET.describe()]  # fmt: skip
+    machines = sorted({r.get("hardware", "not recorded") for r in done}) or ["none yet"]
+    packs = sorted({r["data"]["images"] for r in done if "data" in r})
+    scored = sorted({r["scored_on"] for r in done if "scored_on" in r})
+    lines = [
+        "# Table 1 at the paper's budget: decoder variants on CamVid",
+        "",
+        "- trained by `bash reproduce/device.sh --minutes 9 --out $OUT` on a GPU machine (reproduce/DEVICE.md), "
+        "filed and scored by `python reproduce/device.py collect FOLDER`, assembled by "
+        f"`python reproduce/table1.py --report{'' if name == 'full' else ' --tag ' + name}`",
+        f"- budget: {'; '.join(budgets)}; the paper's: {PAPER_BUDGET.describe()} (Caffe)",
+        f"- training hardware: {'; '.join(machines)}",
+        "- training data: CamVid train (367) and val (101) as packed by reproduce/pack_data.py"
+        + (f": {'; '.join(packs)}" if packs else ""),
+        "- test: the 233 original CamVid test PNGs, metrics at 360x480 (G, C, mIoU, BF at 0.75% of the diagonal), "
+        f"percent, scored on {'; '.join(scored) if scored else 'this machine (none scored yet)'}",
+        "- model selection: best validation global accuracy, as in the paper",
+        f"- rows run: {len(done)} of {len(rows)}",
+        "",
+        "| variant | balancing | params (M) ours / paper | G paper / ours / delta | C paper / ours / delta "
+        "| mIoU paper / ours / delta | BF paper / ours / delta | best iter | train images/s | train wall s "
+        "| inference ms ours / paper |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for (variant, balancing), r in rows.items():
+        if r is None or "diverged" in r or "test" not in r:
+            status = "not run yet" if r is None else r.get("diverged", "trained, not scored yet (no checkpoint here)")
+            lines.append(f"| {variant} | {balancing} | | {status} | | | | | | | |")
+            continue
+        lines.append(
+            f"| {variant} | {balancing} | {r['params'] / 1e6:.3f} / {PAPER_PARAMS_M[variant]} | "
+            + " | ".join(score_cells(r))
+            + f" | {r['best_iteration']} | {r['images_per_s']:.0f} | {r['wall_seconds']:.0f} | "
+            f"{r['inference_ms']:.1f} / {PAPER_TIME_MS[variant]} |"
+        )
+    lines += ["", "Train images/s: training steps only (validation and checkpoints left out), over all of a row's "
+              "device calls. Inference: one 360x480 image, fp32, on the training GPU; the paper's on a 2015 "
+              "NVIDIA Titan."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def write_report(results_root: Path, name: str, data: str | None, progress: bool = False) -> int:
+    """Score the rows under ``results_root/runs/<name>/`` that have a checkpoint but no test scores, then
+    write ``table1_<name>.md`` and ``.png`` in ``results_root`` with every Table 1 row."""
+    folder = results_root / "runs" / name
+    rows: dict[tuple[str, str], dict | None] = {}
+    for variant in VARIANTS:
+        for balancing in BALANCINGS:
+            path = folder / f"{job_name(variant, balancing)}.json"
+            row = json.loads(path.read_text()) if path.exists() else None
+            checkpoint = folder / job_name(variant, balancing) / "best.pt"
+            if row is not None and "test" not in row and "diverged" not in row and checkpoint.exists():
+                print(f"scoring {job_name(variant, balancing)} on the test set ({checkpoint})", flush=True)
+                model = load_model(checkpoint, map_location="cpu")
+                row["test"] = test_scores(model, Path(data_root(data)), tuple(row["budget"]["image_size"]), progress)
+                row["scored_on"] = hardware()
+                path.write_text(json.dumps(row, indent=1) + "\n")
+            rows[(variant, balancing)] = row
+    text = assemble_device_table(rows, name)
+    md, png = results_root / f"table1_{name}.md", results_root / f"table1_{name}.png"
+    print(text)
+    if write_if_changed(md, text) or not png.exists():
+        plot([r for r in rows.values() if r is not None], png,
+             f"Table 1 at the paper's budget: mIoU and BF, paper vs ours ({sum(r is not None for r in rows.values())} "
+             f"of {len(rows)} rows run)")  # fmt: skip
+        print(f"wrote {md} and {png}")
+    else:
+        print(f"{md} is up to date")
+    return 0
+
+
+def plot(results: list[dict], path: Path, title: str = "Table 1 re-run: mIoU and BF, paper vs ours") -> None:
     """Grouped bars of mIoU and BF, paper and ours, one group per (variant, balancing).
 
     With matplotlib (the ``plots`` extra) a labelled chart; without it a plain Pillow drawing.
@@ -198,7 +301,7 @@ def plot(results: list[dict], path: Path) -> None:
     try:
         import matplotlib
     except ImportError:
-        _plot_with_pillow(rows, path)
+        _plot_with_pillow(rows, path, title)
         return
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -214,14 +317,14 @@ def plot(results: list[dict], path: Path) -> None:
     ax.invert_yaxis()
     ax.set_xlabel("percent on CamVid test")
     ax.set_xlim(0, 100)
-    ax.set_title("Table 1 re-run: mIoU and BF, paper vs ours")
+    ax.set_title(title)
     ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=100, metadata={"Software": None})
     plt.close(fig)
 
 
-def _plot_with_pillow(rows: list[tuple[str, dict, dict]], path: Path) -> None:
+def _plot_with_pillow(rows: list[tuple[str, dict, dict]], path: Path, title: str) -> None:
     from PIL import Image, ImageDraw
 
     from segnet.figures import font
@@ -235,7 +338,7 @@ def _plot_with_pillow(rows: list[tuple[str, dict, dict]], path: Path) -> None:
     scale = (width - left - 40) / 100
     colours = {"paper mIoU": (150, 150, 150), "ours mIoU": (31, 119, 180), "paper BF": (200, 200, 200),
                "ours BF": (255, 127, 14)}  # fmt: skip
-    draw.text((10, 10), "Table 1 re-run: mIoU and BF (percent), paper vs ours", fill="black", font=text)
+    draw.text((10, 10), title, fill="black", font=text)
     for i, (label, colour) in enumerate(colours.items()):  # the legend on its own line, under the title
         draw.rectangle([10 + i * 150, 30, 22 + i * 150, 42], fill=colour)
         draw.text((26 + i * 150, 30), label, fill="black", font=text)
@@ -273,6 +376,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python reproduce/table1.py", description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--full", action="store_true", help="the paper's budget (for a GPU)")
+    p.add_argument("--report", action="store_true",
+                   help="no training: assemble reproduce/results/table1_full.md and .png from the rows the GPU runner "
+                        "brought back (reproduce/results/runs/full/), scoring new ones on the test set first")  # fmt: skip
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated Table 1 names (default: all 8)")
     p.add_argument("--balancing", default="median,natural", help="median, natural or both (default)")
     p.add_argument("--iterations", type=int)
@@ -292,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _command(args: argparse.Namespace, argv: list[str] | None) -> int:
+    if args.report:
+        return write_report(Path(args.out) if args.out else RESULTS, args.tag or "full", args.data, args.progress)
     data = Path(data_root(args.data))
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]
