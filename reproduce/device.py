@@ -114,7 +114,8 @@ def row_record(variant: str, balancing: str, budget: table1.Budget, folder: Path
     summary = json.loads((folder / "summary.json").read_text())
     segments = json.loads((folder / "segments.json").read_text())
     seconds = sum(s["train_seconds"] for s in segments)
-    model = load_model(folder / "best.pt", map_location=device if device != "auto" else "cpu")
+    where = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_model(folder / "best.pt", map_location=where)  # inference timed on the training device
     return {
         "variant": variant,
         "balancing": balancing,

@@ -7,11 +7,14 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+import segnet.train
 
 from helpers import make_tiny_camvid
 from segnet.imageio import read_label
@@ -61,8 +64,19 @@ def test_a_row_cut_by_the_deadline_comes_back_as_state_and_resumes(camvid, tmp_p
     monkeypatch.setattr(device, "PART", 2**20)  # parts of 1 MiB: a row's state spans several
     common = ["--tiny", "--rows", "FCN-Basic:natural", "--data", str(camvid), "--results", str(tmp_path / "done"),
               "--log-every", "1", "--reserve", "0", "--min-start", "0", "--no-progress"]  # fmt: skip
-    first = tmp_path / "first"  # seconds to go: the row stops at its first check of the time
+    first = tmp_path / "first"
+    checked = []
+
+    def deadline_passed(deadline: float, run) -> bool:  # a fast machine must not finish the 4 steps first
+        checked.append(deadline)
+        return True
+
+    monkeypatch.setattr(segnet.train, "past", deadline_passed)
     assert device.main(["run", "--minutes", "0.05", "--out", str(first), "--work", str(tmp_path / "w1"), *common]) == 0
+    assert checked and all(d <= time.time() + 3 for d in checked)  # the runner gave training its deadline
+    monkeypatch.undo()
+    monkeypatch.delenv("SEGNET_DEVICE_START", raising=False)
+    monkeypatch.setattr(device, "PART", 2**20)
     status = json.loads((first / "runner.json").read_text())["rows"]["FCN-Basic__natural"]
     assert status.startswith("cut at ")
     cut = int(status.split()[-1])

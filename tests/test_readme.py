@@ -47,6 +47,7 @@ def test_readme_commands_keep_the_checkout_clean(shared_dir, camvid_dir, oracle_
         "python -m segnet.export segnet_basic_camvid.pt --prototxt runs/m.prototxt --caffemodel runs/m.caffemodel",
         "python -m segnet.class_weights --split val",
         "python -m segnet.variants",
+        "python reproduce/table1.py --report",
         f"python reproduce/evaluate_caffe.py {EXAMPLE}/segnet_basic_camvid.prototxt "
         f"{EXAMPLE}/segnet_basic_camvid.caffemodel --limit 2 --no-progress",
     ]
