@@ -12,6 +12,16 @@ torch.utils.flop_counter, beside the machine's practical peak measured here
 with a 4096x4096 matrix product.
 
     python benchmarks/bench_inference.py [--models segnet,segnet-basic] [--repeats 5] [--compile] [--json FILE]
+        [--caffe-python PY]
+
+``--caffe-python PY`` (a Python that imports a caffe-segnet build, e.g.
+``PYTHONPATH=caffe-segnet/python /usr/bin/python3``) times caffe-segnet in
+the same run, on the same weights and image, in a fresh process per row
+(benchmarks/caffe_timing.py), and only then prints ratios against it.
+Without it no ratio against Caffe is printed: Caffe's figures recorded in
+benchmarks/results/caffe_cpu.json are shown with the machine and date they
+were measured on. bf16 rows run only on a CPU with native bf16 (AVX-512
+BF16 or AMX); elsewhere PyTorch emulates it and they are left out.
 
 Weights: SegNet-Basic uses the example model trained on CamVid
 (examples/segnet_basic_camvid); SegNet the oracle's caffemodel when the
@@ -28,8 +38,9 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import shlex
 import statistics
-import sys
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -39,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segnet.measure import current_rss_mb, peak_rss_mb, reset_peak_rss
+from segnet.measure import cpu_has_bf16, current_rss_mb, peak_rss_mb, reset_peak_rss
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SEGNET_SHARED", ROOT.parent / "shared"))
@@ -50,11 +61,10 @@ ORACLE_WEIGHTS = {
     "segnet": ("segnet_inference.prototxt", "segnet_full.caffemodel.gz"),
     "segnet-basic": ("segnet_basic_inference.prototxt", "segnet_basic.caffemodel"),
 }
-#: caffe-segnet CPU build on this machine kind (OpenBLAS, 2 threads), as reported; not measured here.
-CAFFE_CPU = {
-    "segnet": {"forward_s": 3.47, "rss_gib": 3.6, "train_iteration_s": 8.05},
-    "segnet-basic": {"forward_s": 2.41, "rss_gib": 4.0, "train_iteration_s": 5.32},
-}
+#: caffe-segnet figures measured by an earlier run with --caffe-python (machine and date inside): shown, never divided by.
+CAFFE_RECORDED = ROOT / "benchmarks" / "results" / "caffe_cpu.json"
+#: The blob compared and timed: the class scores before the softmax.
+SCORE_BLOB = {"segnet": "conv1_1_D", "segnet-basic": "conv_classifier"}
 #: The paper's Table 6 (SegNet, 2015 NVIDIA Titan).
 PAPER_TITAN = {"forward_ms": 422.50, "backward_ms": 488.71, "inference_memory_mb": 1052, "model_mb": 117}
 
@@ -145,7 +155,7 @@ def _make_runner(kind: str, name: str, weights_dir: str):
 
         net = converter.convert(Path(weights_dir) / f"{name}.prototxt", Path(weights_dir) / f"{name}.caffemodel")
         del model
-        return lambda x: net(data=x, blobs=["conv_classifier" if name == "segnet-basic" else "conv1_1_D"]).popitem()[1]
+        return lambda x: net(data=x, blobs=[SCORE_BLOB[name]]).popitem()[1]
     if kind == "readable":
         return lambda x: model(x)
     if kind == "optimized":
@@ -201,6 +211,24 @@ def _train_row(kind: str, name: str, weights_dir: str, repeats: int) -> dict:
 def in_fresh_process(*args) -> dict:
     with mp.get_context("spawn").Pool(1) as pool:
         return pool.apply(run_row, args)
+
+
+def caffe_row(python: str, mode: str, name: str, folder: Path, repeats: int) -> dict:
+    """caffe-segnet's figures for one net, measured now in a fresh process of ``python`` (caffe_timing.py)."""
+    x = _input().numpy()
+    np.save(folder / "input.npy", x)
+    labels = np.random.default_rng(0).integers(0, 12, (1, 1, *x.shape[-2:])).astype(np.float32)
+    np.save(folder / "label.npy", labels)
+    extra = folder / (f"{name}-caffe.npy" if mode == "forward" else "label.npy")
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": str(os.cpu_count() or 1), "GLOG_minloglevel": "2"}
+    done = subprocess.run(
+        [*shlex.split(python), str(ROOT / "benchmarks" / "caffe_timing.py"), mode, str(folder / f"{name}.prototxt"),
+         str(folder / f"{name}.caffemodel"), str(folder / "input.npy"), SCORE_BLOB[name], str(extra), str(repeats)],
+        capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"caffe-segnet run failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 # ------------------------------------------------------------------ setup and report
@@ -302,9 +330,12 @@ def main() -> None:
     p.add_argument("--compile", action="store_true", help="include torch.compile (slow to compile)")
     p.add_argument("--no-onnx", action="store_true")
     p.add_argument("--no-train", action="store_true")
+    p.add_argument("--caffe-python", help="a Python command that imports caffe-segnet: time it in this run")
     p.add_argument("--json", help="write the results as JSON")
     args = p.parse_args()
-    rows = [r for r in ROWS if (args.compile or r[0] != "compiled")]
+    bf16 = cpu_has_bf16()
+    rows = [r for r in ROWS if (args.compile or r[0] != "compiled") and (bf16 or "bf16" not in r[0])]
+    train_rows = [r for r in TRAIN_ROWS if bf16 or "bf16" not in r[0]]
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
@@ -312,12 +343,15 @@ def main() -> None:
     if args.no_onnx:
         rows = [r for r in rows if r[0] != "onnxruntime"]
 
-    peak32, peak16 = matmul_peak_gflops(torch.float32), matmul_peak_gflops(torch.bfloat16)
-    cpu = platform.processor() or platform.machine()
-    print(f"machine: {os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__}; "
-          f"4096^2 matmul: {peak32:.0f} GFLOP/s fp32, {peak16:.0f} GFLOP/s bf16")  # fmt: skip
-    results = {"machine": {"cores": os.cpu_count(), "torch": torch.__version__, "matmul_gflops_fp32": peak32,
-                           "matmul_gflops_bf16": peak16}, "models": {}}  # fmt: skip
+    peak32 = matmul_peak_gflops(torch.float32)
+    peak16 = matmul_peak_gflops(torch.bfloat16) if bf16 else None
+    cpu = cpu_name()
+    print(f"machine: {os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__}, {time.strftime('%Y-%m-%d')}; "
+          f"4096^2 matmul: {peak32:.0f} GFLOP/s fp32, "
+          + (f"{peak16:.0f} GFLOP/s bf16" if bf16 else "no native bf16 (bf16 rows left out)"))  # fmt: skip
+    results = {"machine": {"cores": os.cpu_count(), "cpu": cpu, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
+                           "matmul_gflops_fp32": peak32, "matmul_gflops_bf16": peak16}, "models": {}}  # fmt: skip
+    recorded = json.loads(CAFFE_RECORDED.read_text()) if CAFFE_RECORDED.exists() else None
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         for name in args.models.split(","):
@@ -337,29 +371,39 @@ def main() -> None:
                 y = np.load(out)
                 if baseline is None:
                     baseline, reference = res["median_s"], y
-                agree = float((y.argmax(axis=1) == reference.argmax(axis=1)).mean())
-                diff = float(np.abs(y - reference).max())
-                res.update(speedup=baseline / res["median_s"], gflops=gflop / res["median_s"], argmax_agreement=agree,
-                           max_abs_diff=diff)  # fmt: skip
+                res.update(speedup=baseline / res["median_s"], gflops=gflop / res["median_s"],
+                           argmax_agreement=float((y.argmax(axis=1) == reference.argmax(axis=1)).mean()),
+                           max_abs_diff=float(np.abs(y - reference).max()))  # fmt: skip
                 model_rows[kind] = res
                 print(f"{label:<50} {res['median_s']:>8.3f}s {res['speedup']:>8.2f}x {res['gflops']:>8.0f} "
-                      f"{res['peak_rss_mb']:>7.0f}MB {res['loaded_rss_mb']:>5.0f}MB {agree:>9.5f} {diff:>10.2e}")  # fmt: skip
+                      f"{res['peak_rss_mb']:>7.0f}MB {res['loaded_rss_mb']:>5.0f}MB {res['argmax_agreement']:>9.5f} "
+                      f"{res['max_abs_diff']:>10.2e}")  # fmt: skip
+            if args.caffe_python:
+                res = caffe_row(args.caffe_python, "forward", name, folder, args.repeats)
+                y = np.load(folder / f"{name}-caffe.npy")
+                res.update(speedup=baseline / res["median_s"], gflops=gflop / res["median_s"],
+                           argmax_agreement=float((y.argmax(axis=1) == reference.argmax(axis=1)).mean()))  # fmt: skip
+                model_rows["caffe-segnet"] = res
+                print(f"{'caffe-segnet CPU, fp32 (measured now)':<50} {res['median_s']:>8.3f}s {res['speedup']:>8.2f}x "
+                      f"{res['gflops']:>8.0f} {res['peak_rss_mb']:>7.0f}MB {res['loaded_rss_mb']:>5.0f}MB "
+                      f"{res['argmax_agreement']:>9.5f}")  # fmt: skip
+            if "onnxruntime" in model_rows:
+                for res in model_rows.values():
+                    res["ratio_vs_onnxruntime"] = model_rows["onnxruntime"]["median_s"] / res["median_s"]
             if not args.no_train:
-                for kind, label in TRAIN_ROWS:
-                    res = in_fresh_process(kind, name, str(folder), max(2, args.repeats // 2), "")
-                    model_rows[kind] = res
-                    caffe = CAFFE_CPU[name]["train_iteration_s"]
-                    print(f"{label:<50} {res['median_s']:>8.3f}s {caffe / res['median_s']:>8.2f}x vs caffe "
-                          f"{res['peak_rss_mb']:>7.0f}MB")  # fmt: skip
-            caffe = CAFFE_CPU[name]
-            print(f"caffe-segnet CPU (reported for this machine kind, not measured here): forward {caffe['forward_s']} s,"
-                  f" peak RSS {caffe['rss_gib']} GiB, training iteration {caffe['train_iteration_s']} s")  # fmt: skip
-            for kind in ("caffe-graph", "optimized", "optimized-bf16", "optimized-bf16-decoder"):
-                if kind in model_rows:
-                    print(f"  {kind}: {caffe['forward_s'] / model_rows[kind]['median_s']:.1f}x faster than caffe-segnet")
+                for kind, label in train_rows:
+                    model_rows[kind] = in_fresh_process(kind, name, str(folder), max(2, args.repeats // 2), "")
+                if args.caffe_python:
+                    model_rows["caffe-segnet-train"] = caffe_row(args.caffe_python, "train", name, folder,
+                                                                 max(2, args.repeats // 2))  # fmt: skip
+                for kind, label in train_rows + [("caffe-segnet-train", "caffe-segnet forward+backward, fp32")]:
+                    if kind in model_rows:
+                        res = model_rows[kind]
+                        print(f"{label:<50} {res['median_s']:>8.3f}s {'':>9} {'':>8} {res['peak_rss_mb']:>7.0f}MB")
+            print_caffe_comparison(name, model_rows, recorded)
             results["models"][name] = {"gflop": gflop, "weights": source, "rows": model_rows}
     camvid = SHARED / "CamVid"
-    if camvid.exists():
+    if camvid.exists() and bf16:
         for name in args.models.split(","):
             agreement = bf16_agreement(name, camvid)
             print(f"\nbf16 vs fp32 argmax agreement, {name}, first 50 CamVid test images at 360x480: "
@@ -377,6 +421,37 @@ def main() -> None:
     results["index_memory_bytes"] = memory
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
+
+
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def print_caffe_comparison(name: str, rows: dict, recorded: dict | None) -> None:
+    """Ratios against caffe-segnet when it ran in this run; otherwise its recorded figures and no ratio."""
+    if "caffe-segnet" in rows:
+        caffe = rows["caffe-segnet"]["median_s"]
+        for kind in ("caffe-graph", "optimized", "optimized-bf16", "optimized-bf16-decoder", "onnxruntime"):
+            if kind in rows:
+                print(f"  {kind}: {caffe / rows[kind]['median_s']:.2f}x caffe-segnet's speed (same run)")
+        if "caffe-segnet-train" in rows:
+            train = rows["caffe-segnet-train"]["median_s"]
+            for kind in ("train-fp32", "train-channels-last", "train-bf16"):
+                if kind in rows:
+                    print(f"  {kind}: {train / rows[kind]['median_s']:.2f}x caffe-segnet's forward+backward (same run)")
+        return
+    if recorded and name in recorded.get("models", {}):
+        figures = recorded["models"][name]
+        print(f"caffe-segnet CPU, measured {recorded['date']} on {recorded['machine']} (another run: no ratio): "
+              f"forward {figures['forward_s']:.2f} s, peak RSS {figures['peak_rss_mb'] / 1024:.1f} GiB, "
+              f"forward+backward {figures['train_s']:.2f} s")  # fmt: skip
 
 
 if __name__ == "__main__":

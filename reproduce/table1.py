@@ -46,6 +46,7 @@ from segnet.checkpoint import load_model
 from segnet.cli import add_common_options, add_data_option, data_root, parse_size, run
 from segnet.data import SegmentationDataset
 from segnet.evaluate import evaluate, model_predictions
+from segnet.measure import cpu_has_bf16
 from segnet.models import count_parameters
 from segnet.paper import paper_row
 from segnet.registry import build_model
@@ -83,8 +84,7 @@ CPU_BUDGET = Budget(80, 12, (90, 120), 40, True, "cpu")
 def bf16_available(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    check = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
-    return bool(check and check())
+    return cpu_has_bf16()
 
 
 def job_name(variant: str, balancing: str) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import torch
+
 
 def current_rss_mb() -> float:
     """Resident memory of this process now, in MiB."""
@@ -30,3 +32,10 @@ def reset_peak_rss() -> None:
     the next ``peak_rss_mb`` covers only what runs from now on (plus what is already resident)."""
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU does bfloat16 arithmetic natively (AVX-512 BF16 or AMX); elsewhere PyTorch emulates
+    it, hundreds of times slower than float32, so bf16 paths are not worth running or timing."""
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(check is not None and check() for check in checks)
