@@ -36,6 +36,7 @@ def camvid(tmp_path_factory) -> Path:
 def test_the_runner_trains_two_rows_and_collect_scores_and_reports_them(camvid, tmp_path):
     out, work, results = tmp_path / "out", tmp_path / "state", tmp_path / "results"
     env = {k: v for k, v in os.environ.items() if k != "SEGNET_DEVICE_START"}
+    env["PYTHON"] = sys.executable  # the interpreter running the tests, whichever python3 PATH finds first
     done = subprocess.run(["bash", "reproduce/device.sh", "--minutes", "3", "--tiny", "--concurrent", "2", "--out",
                            str(out), "--data", str(camvid), "--work", str(work), "--results", str(results / "runs" / "tiny")],
                           cwd=ROOT, capture_output=True, text=True, env=env, timeout=240)  # fmt: skip
