@@ -127,3 +127,20 @@ def test_the_pack_is_a_data_folder_with_lossless_labels_and_a_checked_manifest(c
     next(iter((tmp_path / "pack" / "CamVid" / "val" / "images").iterdir())).write_bytes(
         pack_data.encode_jpeg(np.zeros((24, 32, 3), np.uint8), 90))
     assert pack_data.verify(tmp_path / "pack") == {"train": True, "val": False}
+
+
+def test_the_jpeg_effect_verdict_compares_the_mean_difference_with_the_seed_spread():
+    import argparse
+
+    import jpeg_effect
+
+    args = argparse.Namespace(iterations=80, batch_size=12, image_size=(90, 120))
+    manifest = {"images": "JPEG", "splits": {"train": {"psnr_db": 42.0}}}
+    png = {0: {"G": 50.0, "C": 30.0, "mIoU": 20.0}, 1: {"G": 54.0, "C": 34.0, "mIoU": 22.0}}
+    close = {s: {m: v + 0.5 for m, v in scores.items()} for s, scores in png.items()}
+    results = {"png": png, "jpeg": close}
+    assert "is within the seed's own spread" in jpeg_effect.report(results, args, manifest)
+    assert results["within_noise"] and results["effect"]["G"] == pytest.approx(0.5)
+    far = {s: {**scores, "mIoU": scores["mIoU"] - 3} for s, scores in png.items()}  # sd of mIoU is 1.41
+    text = jpeg_effect.report({"png": png, "jpeg": far}, args, manifest)
+    assert "NOT within the seed's own spread on: mIoU." in text
