@@ -223,9 +223,11 @@ def caffe_row(python: str, mode: str, name: str, folder: Path, repeats: int) -> 
     """caffe-segnet's figures for one net, measured now in a fresh process of ``python`` (caffe_timing.py)."""
     x = _input().numpy()
     np.save(folder / "input.npy", x)
-    labels = np.random.default_rng(0).integers(0, 12, (1, 1, *x.shape[-2:])).astype(np.float32)
-    np.save(folder / "label.npy", labels)
-    extra = folder / (f"{name}-caffe.npy" if mode == "forward" else "label.npy")
+    if mode == "forward":
+        extra = folder / f"{name}-caffe.npy"  # where Caffe's class scores go
+    else:  # labels 0..11, 11 ignored, as the project's training rows draw them
+        extra = folder / "label.npy"
+        np.save(extra, np.random.default_rng(0).integers(0, 12, (1, 1, *x.shape[-2:])).astype(np.float32))
     env = {**os.environ, "OPENBLAS_NUM_THREADS": str(os.cpu_count() or 1), "GLOG_minloglevel": "2"}
     done = subprocess.run(
         [*shlex.split(python), str(ROOT / "benchmarks" / "caffe_timing.py"), mode, str(folder / f"{name}.prototxt"),

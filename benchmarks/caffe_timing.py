@@ -1,7 +1,7 @@
 """Time a caffe-segnet build on one net, in this process: run by bench_inference.py under ``--caffe-python``.
 
 Runs under the Python that imports the caffe-segnet build (pycaffe), so it
-imports nothing of this project and no PyTorch. Prints one JSON line:
+imports no PyTorch, and of this project only segnet.measure. Prints one JSON line:
 median seconds over ``repeats`` runs after two warm-up runs, the process's
 peak resident memory while running (VmHWM, restarted after loading, as the
 project's rows measure it) and the resident memory once loaded.
@@ -23,21 +23,12 @@ import statistics
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
-
-def rss_mb(field: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
-def reset_peak() -> None:
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this project's root: segnet.measure
+from segnet.measure import current_rss_mb, peak_rss_mb, reset_peak_rss  # noqa: E402
 
 
 def training_net(prototxt: str, score: str) -> str:
@@ -88,8 +79,8 @@ def main(argv: list[str]) -> int:
             net.forward()
 
     net.blobs["data"].data[...] = x
-    loaded = rss_mb("VmRSS")
-    reset_peak()
+    loaded = current_rss_mb()
+    reset_peak_rss()
     for _ in range(2):
         step()
     times = []
@@ -99,7 +90,7 @@ def main(argv: list[str]) -> int:
         times.append(time.perf_counter() - start)
     if mode == "forward":
         np.save(extra, net.blobs[blob].data.astype(np.float32))
-    print(json.dumps({"median_s": statistics.median(times), "peak_rss_mb": rss_mb("VmHWM"), "loaded_rss_mb": loaded,
+    print(json.dumps({"median_s": statistics.median(times), "peak_rss_mb": peak_rss_mb(), "loaded_rss_mb": loaded,
                       "threads": os.environ.get("OPENBLAS_NUM_THREADS", "default")}))  # fmt: skip
     return 0
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 
-import torch
-
 
 def current_rss_mb() -> float:
     """Resident memory of this process now, in MiB."""
@@ -37,5 +35,7 @@ def reset_peak_rss() -> None:
 def cpu_has_bf16() -> bool:
     """Whether this CPU does bfloat16 arithmetic natively (AVX-512 BF16 or AMX); elsewhere PyTorch emulates
     it, hundreds of times slower than float32, so bf16 paths are not worth running or timing."""
+    import torch  # here, not above: caffe_timing.py reads memory with this module under a Python without PyTorch
+
     checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
     return any(check is not None and check() for check in checks)
