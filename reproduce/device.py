@@ -49,8 +49,9 @@ from converter.errors import UserError
 from pack_data import MIB, PACK, STATE, verify
 from segnet.checkpoint import load_model
 from segnet.cli import add_common_options, add_data_option, data_root, run
+from segnet.models import count_parameters
 from segnet.registry import build_model
-from segnet.train import TrainConfig, TrainingDiverged, train
+from segnet.train import TrainConfig, TrainingDiverged, pick_device, train
 from segnet.variants import VARIANTS
 
 ROOT = table1.ROOT
@@ -86,7 +87,7 @@ def train_row(variant: str, balancing: str, budget: table1.Budget, data: str, fo
               device: str, compile_model: bool, log_every: int) -> dict:  # fmt: skip
     """Train one row until it is done or ``deadline`` (time.time()) comes; returns this attempt's record."""
     began = time.time()
-    cuda = torch.device(device).type == "cuda" if device != "auto" else torch.cuda.is_available()
+    cuda = pick_device(device).type == "cuda"
     cfg = TrainConfig(
         data=data, out=folder, model=table1.model_name(variant), iterations=budget.iterations,
         batch_size=budget.batch_size, image_size=budget.image_size, val_every=budget.val_every,
@@ -114,15 +115,14 @@ def row_record(variant: str, balancing: str, budget: table1.Budget, folder: Path
     summary = json.loads((folder / "summary.json").read_text())
     segments = json.loads((folder / "segments.json").read_text())
     seconds = sum(s["train_seconds"] for s in segments)
-    where = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_model(folder / "best.pt", map_location=where)  # inference timed on the training device
+    model = load_model(folder / "best.pt", map_location=pick_device(device))  # inference timed on the training device
     return {
         "variant": variant,
         "balancing": balancing,
         "budget": asdict(budget),
         "best_iteration": summary["best"]["iteration"],
         "val_global_accuracy": summary["best"]["accuracy"],
-        "params": sum(p.numel() for p in build_model(table1.model_name(variant)).parameters()),
+        "params": count_parameters(build_model(table1.model_name(variant))),
         "inference_ms": table1.inference_ms(model, budget.image_size),
         "images_per_s": round(sum(s["train_images"] for s in segments) / max(seconds, 1e-9), 2),
         "train_seconds": round(seconds, 1),
@@ -278,25 +278,21 @@ class Runner:
     def go_concurrently(self, todo: list[tuple[str, str]]) -> None:
         """Up to --concurrent rows at once, each in its own process on the same device."""
         todo = list(todo)
-        running: set[Future] = set()
-        running_jobs: dict[Future, tuple[str, str]] = {}
+        running: dict[Future, tuple[str, str]] = {}  # each row in flight, by its future
         with ProcessPoolExecutor(self.args.concurrent, mp_context=get_context("spawn")) as pool:
             while todo or running:
                 while todo and len(running) < self.args.concurrent and self.can_start(todo[0]):
                     job = todo.pop(0)
-                    future = pool.submit(train_row, *self.launch(job))
-                    running.add(future)
-                    running_jobs[future] = job
+                    running[pool.submit(train_row, *self.launch(job))] = job
                 if not running:
                     break
-                finished, running = wait(running, return_when=FIRST_COMPLETED)
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in finished:
+                    job = running.pop(future)
                     try:
                         self.done(future.result())
                     except Exception as exc:  # noqa: BLE001 (reported; the other rows still run)
-                        self.failed(running_jobs.pop(future), exc)
-                        continue
-                    running_jobs.pop(future)
+                        self.failed(job, exc)
 
 
 def _interrupted(signum: int, frame: object) -> None:
