@@ -193,7 +193,7 @@ def test_upsample_size_that_does_not_fit_the_mask(tmp_path):
 
 
 def test_caffemodel_readers_agree_on_hdf5(mini, tmp_path):
-    h5py = pytest.importorskip("h5py")
+    h5py = pytest.importorskip("h5py", reason="HDF5 caffemodels need h5py (a dependency: pip install -e .)")
     _, weights = mini
     entries = read_weights(weights)
     path = tmp_path / "mini.caffemodel.h5"

@@ -103,7 +103,7 @@ class _Payload:
 
 
 def _h5(path: Path, build) -> Path:
-    h5py = pytest.importorskip("h5py")
+    h5py = pytest.importorskip("h5py", reason="HDF5 caffemodels need h5py (a dependency: pip install -e .)")
     with h5py.File(path, "w") as f:
         build(f)
     return path
