@@ -4,15 +4,16 @@ Every row runs in a fresh process, and its peak resident memory (RSS) is
 that process's high-water mark while it runs the net, so it counts
 everything: Python, PyTorch, the weights and the activations (the column
 "loaded" is the resident memory before the first run). Times
-are the median of ``--repeats`` runs after two warm-up runs. Speed-ups are
+are the median of ``--repeats`` runs after two warm-up runs, over
+``--rounds`` interleaved rounds of all rows. Speed-ups are
 against the first row, a plain hand-written PyTorch SegNet (Conv2d,
 BatchNorm2d, ReLU, F.max_pool2d with indices, F.max_unpool2d) measured in
 the same run. Achieved GFLOP/s use the FLOPs counted by
 torch.utils.flop_counter, beside the machine's practical peak measured here
 with a 4096x4096 matrix product.
 
-    python benchmarks/bench_inference.py [--models segnet,segnet-basic] [--repeats 5] [--compile] [--json FILE]
-        [--caffe-python PY]
+    python benchmarks/bench_inference.py [--models segnet,segnet-basic] [--repeats 5] [--rounds 1] [--compile]
+        [--json FILE] [--caffe-python PY]
 
 ``--caffe-python PY`` (a Python that imports a caffe-segnet build, e.g.
 ``PYTHONPATH=caffe-segnet/python /usr/bin/python3``) times caffe-segnet in
@@ -142,8 +143,8 @@ def run_row(kind: str, name: str, weights_dir: str, repeats: int, out_path: str)
             y = runner(x)
             times.append(time.perf_counter() - start)
     np.save(out_path, np.asarray(y, dtype=np.float32))
-    return {"median_s": statistics.median(times), "peak_rss_mb": peak_rss_mb(), "loaded_rss_mb": loaded,
-            "first_call_s": first_call}
+    return {"median_s": statistics.median(times), "times_s": times, "peak_rss_mb": peak_rss_mb(),
+            "loaded_rss_mb": loaded, "first_call_s": first_call}
 
 
 def _make_runner(kind: str, name: str, weights_dir: str):
@@ -163,6 +164,9 @@ def _make_runner(kind: str, name: str, weights_dir: str):
         return lambda x: model(x)
     if kind == "optimized":
         fast = optimize_for_inference(model, inplace=True)
+        return lambda x: fast(x)
+    if kind == "winograd":
+        fast = optimize_for_inference(model, winograd=True, inplace=True)
         return lambda x: fast(x)
     if kind == "optimized-bf16":
         fast = optimize_for_inference(model, channels_last=True, bf16=True, inplace=True)
@@ -217,6 +221,36 @@ def _train_row(kind: str, name: str, weights_dir: str, repeats: int) -> dict:
 def in_fresh_process(*args) -> dict:
     with mp.get_context("spawn").Pool(1) as pool:
         return pool.apply(run_row, args)
+
+
+def measure_rows(rows: list[tuple[str, str]], name: str, folder: Path, repeats: int, rounds: int) -> dict[str, dict]:
+    """Every row, each in a fresh process, the whole list ``rounds`` times over (ABCABC...).
+
+    Interleaving the rounds spreads a slow spell of a shared machine over every
+    row instead of one, so the ratios between rows hold; each row's median is
+    over all its timed runs, its peak RSS the highest of its processes.
+    """
+    runs: dict[str, list[dict]] = {kind: [] for kind, _ in rows}
+    errors: dict[str, str] = {}
+    for _ in range(rounds):
+        for kind, _label in rows:
+            if kind in errors:
+                continue
+            try:
+                runs[kind].append(in_fresh_process(kind, name, str(folder), repeats, str(folder / f"{name}-{kind}.npy")))
+            except Exception as exc:
+                errors[kind] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    merged = {}
+    for kind, results in runs.items():
+        if kind in errors:
+            merged[kind] = {"error": errors[kind]}
+            continue
+        times = [t for r in results for t in r["times_s"]]
+        merged[kind] = {"median_s": statistics.median(times), "times_s": times, "rounds": len(results),
+                        "peak_rss_mb": max(r["peak_rss_mb"] for r in results),
+                        "loaded_rss_mb": max(r["loaded_rss_mb"] for r in results),
+                        "first_call_s": results[0]["first_call_s"]}  # fmt: skip
+    return merged
 
 
 def caffe_row(python: str, mode: str, name: str, folder: Path, repeats: int) -> dict:
@@ -319,6 +353,7 @@ ROWS = [
     ("caffe-graph", "converted Caffe graph, fp32"),
     ("readable", "readable model, fp32"),
     ("optimized", "folded BN + uint8 indices, fp32"),
+    ("winograd", "same + Winograd F(2x2,3x3) where >=128 ch, fp32"),
     ("optimized-bf16", "same + channels-last, bf16 autocast"),
     ("optimized-bf16-decoder", "same, bf16 in the decoder only"),
     ("compiled", "torch.compile (inductor, frozen weights), fp32"),
@@ -334,7 +369,8 @@ TRAIN_ROWS = [
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="segnet,segnet-basic")
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per row and round")
+    p.add_argument("--rounds", type=int, default=1, help="run the list of rows this many times over, interleaved")
     p.add_argument("--compile", action="store_true", help="include torch.compile (slow to compile)")
     p.add_argument("--no-onnx", action="store_true")
     p.add_argument("--no-train", action="store_true")
@@ -372,15 +408,14 @@ def main() -> None:
             print(f"\n{name} at 1x3x360x480, {source}, {gflop:.0f} GFLOP per forward pass")
             print(f"{'path':<50} {'median':>9} {'speed-up':>9} {'GFLOP/s':>8} {'peak RSS':>9} {'loaded':>7} "
                   f"{'argmax =':>9} {'max|diff|':>10}")  # fmt: skip
+            measured = measure_rows(rows, name, folder, args.repeats, args.rounds)
             baseline, reference, model_rows = None, None, {}
             for kind, label in rows:
-                out = folder / f"{name}-{kind}.npy"
-                try:
-                    res = in_fresh_process(kind, name, str(folder), args.repeats, str(out))
-                except Exception as exc:  # a row that cannot run here (e.g. no compiler) is reported, not fatal
-                    print(f"{label:<50} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:60]}")
+                res = measured[kind]
+                if "error" in res:  # a row that cannot run here (e.g. no compiler) is reported, not fatal
+                    print(f"{label:<50} failed: {res['error'][:70]}")
                     continue
-                y = np.load(out)
+                y = np.load(folder / f"{name}-{kind}.npy")
                 if baseline is None:
                     baseline, reference = res["median_s"], y
                 res.update(speedup=baseline / res["median_s"], gflops=gflop / res["median_s"],
@@ -460,7 +495,7 @@ def print_caffe_comparison(name: str, rows: dict, recorded: dict | None) -> None
     """Ratios against caffe-segnet when it ran in this run; otherwise its recorded figures and no ratio."""
     if "caffe-segnet" in rows:
         caffe = rows["caffe-segnet"]["median_s"]
-        for kind in ("caffe-graph", "optimized", "optimized-bf16", "optimized-bf16-decoder", "onnxruntime"):
+        for kind in ("caffe-graph", "optimized", "winograd", "optimized-bf16", "optimized-bf16-decoder", "onnxruntime"):
             if kind in rows:
                 print(f"  {kind}: {caffe / rows[kind]['median_s']:.2f}x caffe-segnet's speed (same run)")
         if "caffe-segnet-train" in rows:

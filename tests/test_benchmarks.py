@@ -44,3 +44,24 @@ def test_no_ratio_against_caffe_figures_from_another_run(capsys):
 def test_the_recorded_caffe_figures_name_their_machine_and_date():
     recorded = json.loads((RESULTS / "caffe_cpu.json").read_text())
     assert recorded["date"] and recorded["machine"] and set(recorded["models"]) == {"segnet", "segnet-basic"}
+
+
+def test_rows_are_measured_in_interleaved_rounds_and_merged(monkeypatch, tmp_path):
+    calls = []
+
+    def fake(kind, name, folder, repeats, out):
+        calls.append(kind)
+        if kind == "broken":
+            raise RuntimeError("no compiler\nmore")
+        n = calls.count(kind)
+        return {"median_s": 0.0, "times_s": [float(n), 10.0 * n], "peak_rss_mb": 100.0 * n, "loaded_rss_mb": 50.0,
+                "first_call_s": 7.0 * n}  # fmt: skip
+
+    monkeypatch.setattr(bench_inference, "in_fresh_process", fake)
+    rows = [("a", "A"), ("broken", "B"), ("c", "C")]
+    merged = bench_inference.measure_rows(rows, "segnet", tmp_path, repeats=2, rounds=3)
+    assert calls == ["a", "broken", "c", "a", "c", "a", "c"]  # ABCABC..., a failed row not retried
+    assert merged["broken"] == {"error": "RuntimeError: no compiler"}
+    a = merged["a"]
+    assert sorted(a["times_s"]) == [1.0, 2.0, 3.0, 10.0, 20.0, 30.0] and a["median_s"] == 6.5
+    assert a["rounds"] == 3 and a["peak_rss_mb"] == 300.0 and a["first_call_s"] == 7.0
