@@ -65,11 +65,22 @@ class CompactUnpool(nn.Module):
 
     def forward(self, x: torch.Tensor, offsets: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         n, c, oh, ow = x.shape
-        out, zero = x.new_empty(n, c, oh, 2, ow, 2), x.new_zeros(())
-        for dy in (0, 1):
-            for dx in (0, 1):  # every window position written once: no zero fill, no temporary map
-                torch.where(offsets == 2 * dy + dx, x, zero, out=out[:, :, :, dy, :, dx])
-        out = out.view(n, c, 2 * oh, 2 * ow)
+        zero = x.new_zeros(())
+        # Every window position is written once (no zero fill, no temporary map), in the input's
+        # memory format: channels last, each position is a run of c values.
+        if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            out = x.new_empty(n, oh, 2, ow, 2, c)
+            values, where = x.permute(0, 2, 3, 1), offsets.permute(0, 2, 3, 1)
+            for dy in (0, 1):
+                for dx in (0, 1):
+                    torch.where(where == 2 * dy + dx, values, zero, out=out[:, :, dy, :, dx])
+            out = out.view(n, 2 * oh, 2 * ow, c).permute(0, 3, 1, 2)
+        else:
+            out = x.new_empty(n, c, oh, 2, ow, 2)
+            for dy in (0, 1):
+                for dx in (0, 1):
+                    torch.where(offsets == 2 * dy + dx, x, zero, out=out[:, :, :, dy, :, dx])
+            out = out.view(n, c, 2 * oh, 2 * ow)
         h, w = size
         return out if (h, w) == (2 * oh, 2 * ow) else out[:, :, :h, :w]
 

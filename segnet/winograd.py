@@ -64,7 +64,8 @@ class _Workspace(threading.local):
         for s in shape:
             size *= s
         buf = self.buffers.get(name)
-        if buf is None or buf.numel() < size or buf.dtype != like.dtype or buf.device != like.device:
+        stale = buf is not None and buf.is_inference() and not torch.is_inference_mode_enabled()  # read-only here
+        if buf is None or stale or buf.numel() < size or buf.dtype != like.dtype or buf.device != like.device:
             buf = self.buffers[name] = torch.empty(size, dtype=like.dtype, device=like.device)
         return buf[:size].view(shape)
 

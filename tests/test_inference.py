@@ -19,14 +19,18 @@ EXAMPLE = ROOT / "examples" / "segnet_basic_camvid"
 
 
 @pytest.mark.parametrize("size", [(45, 61), (46, 60), (7, 9)])
-def test_compact_indices_pool_and_unpool_like_the_reference(size):
-    x = torch.randint(0, 3, (2, 4, *size)).float()  # many exact ties
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_compact_indices_pool_and_unpool_like_the_reference(size, memory_format):
+    x = torch.randint(0, 3, (2, 4, *size)).float().contiguous(memory_format=memory_format)  # many exact ties
     values, index = MaxPoolIndices()(x)
     compact_values, offsets = CompactMaxPool()(x)
     assert offsets.dtype == torch.uint8 and int(offsets.max()) <= 3
     assert torch.equal(values, compact_values)
     y = torch.randn_like(values)
-    assert torch.equal(CompactUnpool()(y, offsets, size), Unpool()(y, index, size))
+    unpooled = CompactUnpool()(y, offsets, size)
+    assert torch.equal(unpooled, Unpool()(y, index, size))
+    if size == (46, 60):  # uncropped: the next convolution gets the layout the encoder had
+        assert unpooled.is_contiguous(memory_format=memory_format)
 
 
 def _trained_like(build, oracle_dir, names):

@@ -105,3 +105,12 @@ def test_the_lean_path_uses_it_on_wide_3x3_layers_only():
     assert not any(isinstance(m, WinogradConv2d) for m in basic.modules())
     with pytest.raises(ValueError, match="float32 path"):
         optimize_for_inference(segnet().eval(), winograd=True, bf16=True)
+
+
+def test_buffers_made_under_inference_mode_do_not_break_later_calls():
+    x, weight, bias = _case(1, 4, 4, 6, 6)
+    wt = transform_weight(weight)
+    with torch.inference_mode():
+        winograd_conv3x3(x, wt, bias)
+    with torch.no_grad():  # inference tensors are read-only outside inference mode
+        torch.testing.assert_close(winograd_conv3x3(x, wt, bias), F.conv2d(x, weight, bias, padding=1))
