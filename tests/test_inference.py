@@ -33,6 +33,15 @@ def test_compact_indices_pool_and_unpool_like_the_reference(size, memory_format)
         assert unpooled.is_contiguous(memory_format=memory_format)
 
 
+def test_compact_unpool_under_torch_compile_is_the_same_map(monkeypatch):
+    # Under torch.compile it takes a functional form (writes into views would break the graph).
+    x = torch.randint(0, 3, (2, 4, 45, 61)).float()
+    values, offsets = CompactMaxPool()(x)
+    eager = CompactUnpool()(values, offsets, (45, 61))
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert torch.equal(CompactUnpool()(values, offsets, (45, 61)), eager)
+
+
 def _trained_like(build, oracle_dir, names):
     net = converter.convert(oracle_dir / names[0], oracle_dir / names[1])
     return load_caffe_weights(build(), net).eval()
