@@ -68,20 +68,14 @@ class CompactUnpool(nn.Module):
         if torch.compiler.is_compiling():  # one functional expression, which the compiler fuses into one loop
             windows = torch.stack([torch.where(offsets == code, x, 0) for code in range(4)], dim=-1)
             out = windows.view(n, c, oh, ow, 2, 2).permute(0, 1, 2, 4, 3, 5).reshape(n, c, 2 * oh, 2 * ow)
-            h, w = size
-            return out[:, :, :h, :w]
-        zero = x.new_zeros(())
-        # Every window position is written once (no zero fill, no temporary map), in the input's
-        # memory format: channels last, each position is a run of c values.
-        if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-            out = x.new_empty(n, oh, 2, ow, 2, c)
-            values, where = x.permute(0, 2, 3, 1), offsets.permute(0, 2, 3, 1)
-            for dy in (0, 1):
-                for dx in (0, 1):
-                    torch.where(where == 2 * dy + dx, values, zero, out=out[:, :, dy, :, dx])
-            out = out.view(n, 2 * oh, 2 * ow, c).permute(0, 3, 1, 2)
         else:
-            out = x.new_empty(n, c, oh, 2, ow, 2)
+            # Every window position is written once (no zero fill, no temporary map), in the input's
+            # memory format: channels last, each position is a run of c values.
+            if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+                out = x.new_empty(n, oh, 2, ow, 2, c).permute(0, 5, 1, 2, 3, 4)
+            else:
+                out = x.new_empty(n, c, oh, 2, ow, 2)
+            zero = x.new_zeros(())
             for dy in (0, 1):
                 for dx in (0, 1):
                     torch.where(offsets == 2 * dy + dx, x, zero, out=out[:, :, :, dy, :, dx])

@@ -24,6 +24,7 @@ thread), because fresh ones cost a page fault per 4 KiB on first touch.
 
 from __future__ import annotations
 
+import math
 import threading
 
 import torch
@@ -60,9 +61,7 @@ class _Workspace(threading.local):
         self.buffers: dict[str, torch.Tensor] = {}
 
     def get(self, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-        size = 1
-        for s in shape:
-            size *= s
+        size = math.prod(shape)
         buf = self.buffers.get(name)
         stale = buf is not None and buf.is_inference() and not torch.is_inference_mode_enabled()  # read-only here
         if buf is None or stale or buf.numel() < size or buf.dtype != like.dtype or buf.device != like.device:
