@@ -11,7 +11,7 @@ labels, with:
   value straight to its window position;
 - optionally (``winograd``) the 3x3 convolutions with 128 or more input and
   output channels run by Winograd's F(2x2, 3x3) (segnet/winograd.py): 2.25x
-  less arithmetic, float32 error no larger than the direct convolution's;
+  less arithmetic, float32 error within 2x the direct convolution's;
   narrower layers stay direct, where the 64-wide matrix products of the
   transformed form run too slowly to gain;
 - optionally channels-last memory format and bfloat16 autocast (``bf16``),

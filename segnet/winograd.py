@@ -10,11 +10,12 @@ products, so the arithmetic of the convolution drops 2.25x.
 Why this form and no larger tile: the transforms of F(2x2, 3x3) have only
 0, +-1 and 1/2 as coefficients, so the input and output transforms are
 exact additions and subtractions, and the kernel transform is done once in
-float64. Its float32 error against a float64 convolution is no larger than
-that of a direct float32 convolution (tests/test_winograd.py measures
-both). Larger tiles (F(4x4, 3x3), F(6x6, 3x3)) save more arithmetic but
-multiply by 4, 5, 8 and 1/24 in the transforms, and their float32 error is
-several times that of a direct convolution.
+float64. Its float32 error against a float64 convolution stays within 2x
+that of a direct float32 convolution, max and RMS (the accuracy gate that
+tests/test_winograd.py checks on SegNet's layer shapes). Larger tiles
+(F(4x4, 3x3), F(6x6, 3x3)) save more arithmetic but multiply by 4, 5, 8
+and 1/24 in the transforms, and their float32 error is several times that
+of a direct convolution.
 
 The transforms run as strided additions on channels-last maps, a band of
 tile rows at a time, so that a band's transformed tiles are still in cache
@@ -72,6 +73,14 @@ class _Workspace(threading.local):
 _WORKSPACE = _Workspace()
 
 
+#: Input channels per matrix product. A float32 dot product's rounding error grows with the length of its
+#: sequential accumulation chains, and a BLAS may run one chain over all C channels; the transformed
+#: products are also larger than the direct convolution's (each output sums 9 of them, with cancellation).
+#: Products of 32 channels, added one after the other, bound the chains at 32 + C/32 terms whatever the
+#: BLAS's blocking: the error drops to about that of a direct convolution (max 0.8-1.14x on SegNet's
+#: shapes, where one chain over C gave up to 2x), for about 8% more time.
+ACCUMULATION_CHUNK = 32
+
 #: Floats of transformed input per band of tile rows: small enough to stay in cache between the transform
 #: and the matrix products, large enough for the products to run at full speed.
 BAND_FLOATS = 1 << 22
@@ -113,9 +122,13 @@ def _tile_band(xp: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | No
     v = ws.get("v", (16, n, th, tw, c), xp)
     for i in range(4):
         _input_transform(_rows(rows[i], 2, tw), list(v[4 * i : 4 * i + 4]))
-    # The 16 matrix products over input channels.
+    # The 16 matrix products over input channels, accumulated a chunk of channels at a time (see ACCUMULATION_CHUNK).
     m = ws.get("m", (16, n * th * tw, k), xp)
-    torch.bmm(v.view(16, -1, c), weight_t, out=m)
+    v = v.view(16, -1, c)
+    torch.bmm(v[..., :ACCUMULATION_CHUNK], weight_t[:, :ACCUMULATION_CHUNK], out=m)
+    for start in range(ACCUMULATION_CHUNK, c, ACCUMULATION_CHUNK):
+        end = start + ACCUMULATION_CHUNK
+        torch.baddbmm(m, v[..., start:end], weight_t[:, start:end], out=m)
     if bias is not None:
         m[5].add_(bias)  # element (1, 1) reaches all four outputs of a block with weight +1
     # Y = At M A: along rows into s, then along columns into the output.
