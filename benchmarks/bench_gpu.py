@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from segnet.registry import build_model
+from segnet.models.registry import build_model
 
 MODELS = ["segnet", "segnet-basic"]
 BATCHES = [1, 8, 32]

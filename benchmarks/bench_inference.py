@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segnet.measure import cpu_has_bf16, current_rss_mb, peak_rss_mb, reset_peak_rss
+from segnet.deploy.measure import cpu_has_bf16, current_rss_mb, peak_rss_mb, reset_peak_rss
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SEGNET_SHARED", ROOT.parent / "shared"))
@@ -75,7 +75,7 @@ class PlainSegNet(nn.Module):
 
     def __init__(self, readable):
         super().__init__()
-        from segnet.nn import bn_to_pytorch
+        from segnet.models.layers import bn_to_pytorch
 
         self.arch = readable.arch
         self.norm = readable.norm
@@ -111,14 +111,14 @@ class PlainSegNet(nn.Module):
 
 
 def _load_readable(name: str, weights_dir: str):
-    from segnet.checkpoint import load_model
+    from segnet.models.checkpoint import load_model
 
     return load_model(Path(weights_dir) / f"{name}.pt")
 
 
 def _input(size=(360, 480)) -> torch.Tensor:
     if IMAGE.exists():
-        from segnet.imageio import load_image
+        from segnet.data.imageio import load_image
 
         return torch.from_numpy(load_image(IMAGE, size))[None]
     return torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(0)) * 255
@@ -148,7 +148,7 @@ def run_row(kind: str, name: str, weights_dir: str, repeats: int, out_path: str)
 
 
 def _make_runner(kind: str, name: str, weights_dir: str):
-    from segnet.inference import optimize_for_inference
+    from segnet.deploy.inference import optimize_for_inference
 
     model = _load_readable(name, weights_dir).eval()
     if kind == "plain":
@@ -181,7 +181,7 @@ def _make_runner(kind: str, name: str, weights_dir: str):
         fast = torch.compile(optimize_for_inference(model, channels_last=True, inplace=True))
         return lambda x: fast(x)
     if kind == "onnxruntime":
-        from segnet.onnx_export import export_onnx, onnx_session
+        from segnet.deploy.onnx import export_onnx, onnx_session
 
         path = Path(weights_dir) / f"{name}.onnx"
         if not path.exists():
@@ -192,8 +192,8 @@ def _make_runner(kind: str, name: str, weights_dir: str):
 
 
 def _train_row(kind: str, name: str, weights_dir: str, repeats: int) -> dict:
-    from segnet.loss import segnet_loss
-    from segnet.registry import build_model
+    from segnet.training.loss import segnet_loss
+    from segnet.models.registry import build_model
 
     model = build_model(name).train()
     bf16 = kind == "train-bf16"
@@ -279,11 +279,11 @@ def caffe_row(python: str, mode: str, name: str, folder: Path, repeats: int) -> 
 def prepare_weights(name: str, folder: Path) -> str:
     """Write <name>.pt (readable model) and <name>.prototxt/.caffemodel (the same weights as Caffe files)."""
     import converter
-    from segnet.checkpoint import save_model
-    from segnet.export import export_caffe
-    from segnet.models import segnet, segnet_basic
-    from segnet.nn import convert_bn
-    from segnet.weights import load_caffe_weights
+    from segnet.models.checkpoint import save_model
+    from segnet.deploy.caffe_export import export_caffe
+    from segnet.models.family import segnet, segnet_basic
+    from segnet.models.layers import convert_bn
+    from segnet.models.weights import load_caffe_weights
 
     build = {"segnet": segnet, "segnet-basic": segnet_basic}[name]
     example = ROOT / "examples" / "segnet_basic_camvid"
@@ -311,8 +311,8 @@ def prepare_weights(name: str, folder: Path) -> str:
 @torch.inference_mode()
 def bf16_agreement(name: str, camvid: Path, count: int = 50) -> dict[str, float]:
     """Fraction of pixels whose bf16 argmax equals the fp32 argmax, over CamVid test images."""
-    from segnet.data import SegmentationDataset
-    from segnet.inference import optimize_for_inference
+    from segnet.data.datasets import SegmentationDataset
+    from segnet.deploy.inference import optimize_for_inference
 
     with tempfile.TemporaryDirectory() as tmp:
         prepare_weights(name, Path(tmp))
@@ -458,8 +458,8 @@ def main() -> None:
             print(f"\nbf16 vs fp32 argmax agreement, {name}, first 50 CamVid test images at 360x480: "
                   + ", ".join(f"{k} {v:.5f}" for k, v in agreement.items()))  # fmt: skip
             results["models"][name]["bf16_agreement_camvid"] = agreement
-    from segnet.inference import index_memory
-    from segnet.models import segnet
+    from segnet.deploy.inference import index_memory
+    from segnet.models.family import segnet
 
     memory = index_memory(segnet())
     print(f"\nSegNet pooling indices per 360x480 image: int64 {memory['int64'] / 2**20:.1f} MiB, "

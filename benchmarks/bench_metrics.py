@@ -21,10 +21,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from segnet.imageio import read_label  # noqa: E402
-from segnet.labels import get_label_space  # noqa: E402
-from segnet.metrics import SegmentationMetrics  # noqa: E402
-from segnet.splits import list_samples  # noqa: E402
+from segnet.data.imageio import read_label  # noqa: E402
+from segnet.data.labels import get_label_space  # noqa: E402
+from segnet.evaluation.metrics import SegmentationMetrics  # noqa: E402
+from segnet.data.splits import list_samples  # noqa: E402
 
 CAMVID = get_label_space("camvid")
 

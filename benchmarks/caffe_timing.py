@@ -1,7 +1,7 @@
 """Time a caffe-segnet build on one net, in this process: run by bench_inference.py under ``--caffe-python``.
 
 Runs under the Python that imports the caffe-segnet build (pycaffe), so it
-imports no PyTorch, and of this project only segnet.measure. Prints one JSON line:
+imports no PyTorch, and of this project only segnet.deploy.measure. Prints one JSON line:
 median seconds over ``repeats`` runs after two warm-up runs, the process's
 peak resident memory while running (VmHWM, restarted after loading, as the
 project's rows measure it) and the resident memory once loaded.
@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this project's root: segnet.measure
-from segnet.measure import current_rss_mb, peak_rss_mb, reset_peak_rss  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this project's root: segnet.deploy.measure
+from segnet.deploy.measure import current_rss_mb, peak_rss_mb, reset_peak_rss  # noqa: E402
 
 
 def training_net(prototxt: str, score: str) -> str:

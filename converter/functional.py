@@ -1,7 +1,7 @@
 """Caffe's arithmetic as plain functions: what caffe-segnet computes, bit for bit where it can be.
 
 One home for the numbers that both the converted layers (``converter.layers``)
-and the readable SegNet models (``segnet.nn``) compute, so the two cannot
+and the readable SegNet models (``segnet.models.layers``) compute, so the two cannot
 drift apart:
 
 Pooling (Caffe's ceil-mode sizes): MAX scans each window row by row and only

@@ -44,37 +44,32 @@ from pathlib import Path
 
 import torch
 
-import table1
+import experiment
 from converter.errors import UserError
-from pack_data import MIB, PACK, STATE, verify
-from segnet.checkpoint import load_model
+from experiment import MIB, row_state_bytes
+from packing import PACK, STATE, verify
+from segnet.models.checkpoint import load_model
 from segnet.cli import add_common_options, add_data_option, data_root, run
-from segnet.models import count_parameters
-from segnet.registry import build_model
-from segnet.train import TrainConfig, TrainingDiverged, pick_device, train
-from segnet.variants import VARIANTS
+from segnet.models.family import count_parameters
+from segnet.models.registry import build_model
+from segnet.devices import pick_device
+from segnet.training.config import TrainConfig
+from segnet.training.loop import TrainingDiverged, train
+from segnet.models.variants import VARIANTS
 
-ROOT = table1.ROOT
+ROOT = experiment.ROOT
 #: Rows in the order they are trained: SegNet-Basic's two first, then the table's order.
-JOBS = [(v, b) for v in ["SegNet-Basic"] + [v for v in VARIANTS if v != "SegNet-Basic"] for b in table1.BALANCINGS]
-TINY_BUDGET = table1.Budget(4, 2, (24, 32), 2, False, "tiny")  # the end-to-end check on a CPU
+JOBS = [(v, b) for v in ["SegNet-Basic"] + [v for v in VARIANTS if v != "SegNet-Basic"] for b in experiment.BALANCINGS]
+TINY_BUDGET = experiment.Budget(4, 2, (24, 32), 2, False, "tiny")  # the end-to-end check on a CPU
 PART = 15 * MIB  # each file the device returns holds at most 16 MiB
 OUT_LIMIT = 60 * MIB  # and all of them together at most 64 MiB, runner.json and runner.log included
 
 
-def row_state_bytes(variant: str) -> int:
-    """Bytes a cut row's state takes: last.pt (weights and momentum) and best.pt, plus logs."""
-    model = build_model(table1.model_name(variant))
-    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    momentum = sum(p.numel() * p.element_size() for p in model.parameters())
-    return 2 * weights + momentum + MIB // 4
-
-
-def pending(results: Path, budget: table1.Budget, only: list[tuple[str, str]] | None) -> list[tuple[str, str]]:
+def pending(results: Path, budget: experiment.Budget, only: list[tuple[str, str]] | None) -> list[tuple[str, str]]:
     """Rows without a result of this budget in ``results``, in training order (``only``: just these)."""
     todo = []
     for job in only or JOBS:
-        path = results / f"{table1.job_name(*job)}.json"
+        path = results / f"{experiment.job_name(*job)}.json"
         if not (path.exists() and json.loads(path.read_text()).get("budget") == json.loads(json.dumps(asdict(budget)))):
             todo.append(job)
     return todo
@@ -83,15 +78,15 @@ def pending(results: Path, budget: table1.Budget, only: list[tuple[str, str]] | 
 # ------------------------------------------------------------------ on the device
 
 
-def train_row(variant: str, balancing: str, budget: table1.Budget, data: str, folder: str, deadline: float,
+def train_row(variant: str, balancing: str, budget: experiment.Budget, data: str, folder: str, deadline: float,
               device: str, compile_model: bool, log_every: int) -> dict:  # fmt: skip
     """Train one row until it is done or ``deadline`` (time.time()) comes; returns this attempt's record."""
     began = time.time()
     cuda = pick_device(device).type == "cuda"
     cfg = TrainConfig(
-        data=data, out=folder, model=table1.model_name(variant), iterations=budget.iterations,
+        data=data, out=folder, model=experiment.model_name(variant), iterations=budget.iterations,
         batch_size=budget.batch_size, image_size=budget.image_size, val_every=budget.val_every,
-        class_weights=table1.BALANCINGS[balancing], bf16=budget.bf16, channels_last=cuda, compile=compile_model,
+        class_weights=experiment.BALANCINGS[balancing], bf16=budget.bf16, channels_last=cuda, compile=compile_model,
         device=device, resume="auto", progress=False, log_every=log_every,
         time_limit=max(deadline - began, 0.0) / 60,
     )  # fmt: skip
@@ -99,7 +94,7 @@ def train_row(variant: str, balancing: str, budget: table1.Budget, data: str, fo
         summary = train(cfg)
     except TrainingDiverged as exc:
         return {"variant": variant, "balancing": balancing, "finished": True, "diverged": str(exc)}
-    segment = {"hardware": table1.hardware(), "torch": torch.__version__, "from_iteration": summary["start_iteration"],
+    segment = {"hardware": experiment.hardware(), "torch": torch.__version__, "from_iteration": summary["start_iteration"],
                "to_iteration": summary["stopped_at"] or summary["iterations"], "train_images": summary["train_images"],
                "train_seconds": round(summary["train_seconds"], 3), "images_per_s": round(summary["images_per_s"], 2),
                "wall_seconds": round(time.time() - began, 3), "bf16": cfg.bf16, "channels_last": cfg.channels_last,
@@ -110,7 +105,7 @@ def train_row(variant: str, balancing: str, budget: table1.Budget, data: str, fo
     return {"variant": variant, "balancing": balancing, "finished": not summary["stopped_at"], "summary": summary}
 
 
-def row_record(variant: str, balancing: str, budget: table1.Budget, folder: Path, pack: dict, device: str) -> dict:
+def row_record(variant: str, balancing: str, budget: experiment.Budget, folder: Path, pack: dict, device: str) -> dict:
     """A finished row's JSON: the selection, and the budget, hardware, images/s and times of its attempts."""
     summary = json.loads((folder / "summary.json").read_text())
     segments = json.loads((folder / "segments.json").read_text())
@@ -122,8 +117,8 @@ def row_record(variant: str, balancing: str, budget: table1.Budget, folder: Path
         "budget": asdict(budget),
         "best_iteration": summary["best"]["iteration"],
         "val_global_accuracy": summary["best"]["accuracy"],
-        "params": count_parameters(build_model(table1.model_name(variant))),
-        "inference_ms": table1.inference_ms(model, budget.image_size),
+        "params": count_parameters(build_model(experiment.model_name(variant))),
+        "inference_ms": experiment.inference_ms(model, budget.image_size),
         "images_per_s": round(sum(s["train_images"] for s in segments) / max(seconds, 1e-9), 2),
         "train_seconds": round(seconds, 1),
         "wall_seconds": round(sum(s["wall_seconds"] for s in segments), 1),
@@ -158,7 +153,7 @@ class Runner:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.budget = TINY_BUDGET if args.tiny else table1.DEVICE_BUDGET
+        self.budget = TINY_BUDGET if args.tiny else experiment.DEVICE_BUDGET
         began = float(os.environ.get("SEGNET_DEVICE_START") or time.time())  # device.sh: before installing
         self.hard_deadline = began + 60 * args.minutes
         self.deadline = self.hard_deadline - args.reserve  # training stops here: saving and bundling take the rest
@@ -179,7 +174,7 @@ class Runner:
         return self.deadline - time.time()
 
     def start(self) -> None:
-        hw = table1.hardware()
+        hw = experiment.hardware()
         self.report.update(hardware=hw, torch=torch.__version__, started=time.strftime("%Y-%m-%d %H:%M:%S"))
         self.say(f"{hw}; torch {torch.__version__}; budget {self.budget.describe()}; {self.left():.0f} s to train")
         manifest = Path(self.args.data).parent / "manifest.json"
@@ -204,7 +199,7 @@ class Runner:
         return used + row_state_bytes(variant) <= OUT_LIMIT - MIB
 
     def launch(self, job: tuple[str, str]) -> tuple:
-        name = table1.job_name(*job)
+        name = experiment.job_name(*job)
         self.touched.append(name)
         self.say(f"{name}: {'resuming' if (self.work / name / 'last.pt').exists() else 'starting'}, "
                  f"{self.left():.0f} s left")  # fmt: skip
@@ -212,11 +207,11 @@ class Runner:
                 self.args.compile, self.args.log_every)  # fmt: skip
 
     def done(self, result: dict) -> None:
-        name = table1.job_name(result["variant"], result["balancing"])
+        name = experiment.job_name(result["variant"], result["balancing"])
         folder = self.work / name
         if "diverged" in result:
             row = {"variant": result["variant"], "balancing": result["balancing"], "budget": asdict(self.budget),
-                   "diverged": result["diverged"], "hardware": table1.hardware()}  # fmt: skip
+                   "diverged": result["diverged"], "hardware": experiment.hardware()}  # fmt: skip
             (folder / "row.json").write_text(json.dumps(row, indent=1))
             self.say(f"{name}: {result['diverged']}")
         elif result["finished"]:
@@ -232,7 +227,7 @@ class Runner:
         self.finish_files()
 
     def failed(self, job: tuple[str, str], exc: BaseException) -> None:
-        name = table1.job_name(*job)
+        name = experiment.job_name(*job)
         self.say(f"{name}: FAILED\n" + "".join(traceback.format_exception(exc)).rstrip())
         self.report["rows"][name] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         self.finish_files()
@@ -245,9 +240,9 @@ class Runner:
     def go(self) -> int:
         self.start()
         todo = pending(self.results, self.budget, self.args.rows)
-        self.say(f"{len(todo)} rows pending: " + ", ".join(table1.job_name(*j) for j in todo))
+        self.say(f"{len(todo)} rows pending: " + ", ".join(experiment.job_name(*j) for j in todo))
         # a row cut last time first: its state is carried here and costs room until it is done
-        todo.sort(key=lambda job: not (self.work / table1.job_name(*job) / "last.pt").exists())
+        todo.sort(key=lambda job: not (self.work / experiment.job_name(*job) / "last.pt").exists())
         if self.args.concurrent == 1:
             for job in todo:
                 if not self.can_start(job):
@@ -305,7 +300,7 @@ def run_command(args: argparse.Namespace) -> int:
     default = ROOT / "runs" / "device-tiny" if args.tiny else None
     args.work = Path(args.work or (default / "state" if default else STATE))
     args.results = Path(args.results or (default / "results" / "runs" / "tiny" if default
-                                         else table1.RESULTS / "runs" / "full"))  # fmt: skip
+                                         else experiment.RESULTS / "runs" / "full"))  # fmt: skip
     if args.tiny and not args.rows:
         args.rows = JOBS[:2]
     runner = Runner(args)
@@ -363,7 +358,7 @@ def collect_command(args: argparse.Namespace) -> int:
     finished, cut = collect(args.folder, args.results_root, state)
     print(f"finished rows filed under {args.results_root / 'runs' / name}: {', '.join(finished) or 'none'}")
     print(f"rows cut short, kept in {state} for the next device call: {', '.join(cut) or 'none'}")
-    return table1.write_report(args.results_root, name, args.data, progress=args.progress)
+    return experiment.write_report(args.results_root, name, args.data, progress=args.progress)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -387,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--reserve", type=float, default=25.0, help="seconds kept after training for saving and bundling")
     c = sub.add_parser("collect", help="file what a device call returned, score new rows here, update the report")
     c.add_argument("folder", type=Path, help="the folder holding bundle.tar.NNN and runner.json")
-    c.add_argument("--results-root", type=Path, default=table1.RESULTS, help="default reproduce/results")
+    c.add_argument("--results-root", type=Path, default=experiment.RESULTS, help="default reproduce/results")
     c.add_argument("--state", type=Path, help=f"where cut rows wait (default {STATE.name}/; other budgets than the "
                    "paper's: RESULTS_ROOT/state)")  # fmt: skip
     add_data_option(c)

@@ -25,10 +25,10 @@ import time
 import torch
 
 from segnet.cli import add_common_options, run
-from segnet.loss import segnet_loss
-from segnet.measure import current_rss_mb, peak_rss_mb, reset_peak_rss
-from segnet.paper import TABLE6_SEGNET
-from segnet.registry import build_model
+from segnet.training.loss import segnet_loss
+from segnet.deploy.measure import current_rss_mb, peak_rss_mb, reset_peak_rss
+from segnet.evaluation.paper import TABLE6_SEGNET
+from segnet.models.registry import build_model
 
 
 def _timed(fn, repeats: int) -> float:

@@ -20,14 +20,14 @@ from pathlib import Path
 
 import converter
 from segnet.cli import add_common_options, add_data_option, data_root, run
-from segnet.caffe_graph import CaffeSegmenter
-from segnet.data import SegmentationDataset
-from segnet.mc_dropout import dropout_layers, dropout_sampling
-from segnet.metrics import METRICS
-from segnet.evaluate import evaluate, format_report, model_predictions
-from segnet.paper import TABLE3_SEGNET, paper_row
-from segnet.models import SEGNET, SEGNET_BASIC
-from segnet.weights import architecture_of
+from segnet.models.caffe_graph import CaffeSegmenter
+from segnet.data.datasets import SegmentationDataset
+from segnet.models.mc_dropout import dropout_layers, dropout_sampling
+from segnet.evaluation.metrics import METRICS
+from segnet.evaluation.core import evaluate, format_report, model_predictions
+from segnet.evaluation.paper import TABLE3_SEGNET, paper_row
+from segnet.models.family import SEGNET, SEGNET_BASIC
+from segnet.models.weights import architecture_of
 
 def paper_rows(net: converter.CaffeNet) -> dict[str, dict[str, float]]:
     arch = architecture_of(net)

@@ -22,14 +22,15 @@ import json
 import statistics
 from pathlib import Path
 
-import table1
-from pack_data import PACK
+import experiment
+from packing import PACK
 
-from segnet.checkpoint import load_model
+from segnet.models.checkpoint import load_model
 from segnet.cli import add_common_options, data_root, run
-from segnet.train import TrainConfig, train
+from segnet.training.config import TrainConfig
+from segnet.training.loop import train
 
-ROOT = table1.ROOT
+ROOT = experiment.ROOT
 METRICS = ("G", "C", "mIoU")
 
 
@@ -45,7 +46,7 @@ def train_and_score(data: Path, test_data: Path, seed: int, args: argparse.Names
     )  # fmt: skip
     train(cfg)
     model = load_model(out / "last.pt", map_location="cpu")  # the last step, not a validation pick: less noise
-    scores = table1.test_scores(model, test_data, args.image_size, boundary=False)
+    scores = experiment.test_scores(model, test_data, args.image_size, boundary=False)
     cache.write_text(json.dumps(scores))
     return scores
 
@@ -84,14 +85,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", help="original CamVid (default: as every command finds it)")
     parser.add_argument("--pack", type=Path, default=PACK / "CamVid", help="the packed training data")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--iterations", type=int, default=table1.CPU_BUDGET.iterations)
-    parser.add_argument("--batch-size", type=int, default=table1.CPU_BUDGET.batch_size)
+    parser.add_argument("--iterations", type=int, default=experiment.CPU_BUDGET.iterations)
+    parser.add_argument("--batch-size", type=int, default=experiment.CPU_BUDGET.batch_size)
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "jpeg_effect")
     add_common_options(parser)
     args = parser.parse_args(argv)
     if len(args.seeds.split(",")) < 2:
         parser.error("--seeds needs at least two seeds: the spread needs them")
-    args.image_size = table1.CPU_BUDGET.image_size
+    args.image_size = experiment.CPU_BUDGET.image_size
     return run(lambda: _main(args))
 
 
@@ -105,8 +106,8 @@ def _main(args: argparse.Namespace) -> int:
             results[kind][seed] = train_and_score(data, original, seed, args, args.out / f"{kind}_seed{seed}")
             print(f"seed {seed} {kind}: " + ", ".join(f"{m} {results[kind][seed][m]:.2f}" for m in METRICS), flush=True)
     text = report(results, args, manifest)
-    (table1.RESULTS / "jpeg_effect.md").write_text(text)
-    (table1.RESULTS / "jpeg_effect.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+    (experiment.RESULTS / "jpeg_effect.md").write_text(text)
+    (experiment.RESULTS / "jpeg_effect.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
     print(text)
     return 0
 

@@ -41,7 +41,7 @@ def data_root(given: str | None) -> str:
 
 def add_data_option(parser: argparse.ArgumentParser) -> None:
     """``--data ROOT``, defaulting to the reference data's CamVid."""
-    parser.add_argument("--data", help="data root: list files (<split>.txt) or folders, see segnet.splits "
+    parser.add_argument("--data", help="data root: list files (<split>.txt) or folders, see segnet.data.splits "
                         f"(default: ${SHARED_ENV}/CamVid, else ../shared/CamVid)")  # fmt: skip
 
 

@@ -25,15 +25,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .caffe_graph import as_segmenter, declared_input_size, num_outputs
-from .checkpoint import load_model
-from .cli import add_common_options, parse_size, run
-from .evaluate import labels_from_output
-from .figures import map_with_legend
-from .imageio import load_image
-from .labels import label_space_for
-from .mc_dropout import dropout_layers, dropout_sampling, mc_dropout_predict, samples_by_default
-from .resize import Size, resize_nearest
+from segnet.models.caffe_graph import as_segmenter, declared_input_size, num_outputs
+from segnet.models.checkpoint import load_model
+from segnet.cli import add_common_options, parse_size, run
+from segnet.evaluation.core import labels_from_output
+from segnet.evaluation.figures import map_with_legend
+from segnet.data.imageio import load_image
+from segnet.data.labels import label_space_for
+from segnet.models.mc_dropout import dropout_layers, dropout_sampling, mc_dropout_predict, samples_by_default
+from segnet.data.resize import Size, resize_nearest
 from converter.atomic import refuse_overwriting_inputs, staged_outputs
 from converter.errors import UserError
 

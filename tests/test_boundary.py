@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from segnet.boundary import (
+from segnet.evaluation.boundary import (
     boundary_counts,
     boundary_f1,
     class_boundaries,
@@ -18,9 +18,9 @@ from segnet.boundary import (
     seg2bdry,
     tolerance_pixels,
 )
-from segnet.imageio import read_label
-from segnet.labels import get_label_space
-from segnet.splits import list_samples
+from segnet.data.imageio import read_label
+from segnet.data.labels import get_label_space
+from segnet.data.splits import list_samples
 
 CAMVID = get_label_space("camvid")
 

@@ -134,8 +134,8 @@ def test_data_that_is_not_a_data_set(files, tmp_path, capsys):
 
 def test_images_of_the_wrong_kind_for_predict(files, tmp_path, capsys):
     model = tmp_path / "model.pt"
-    from segnet.checkpoint import save_model
-    from segnet.models import segnet_basic
+    from segnet.models.checkpoint import save_model
+    from segnet.models.family import segnet_basic
 
     save_model(model, segnet_basic())
     for bad in ("prototxt", "garbage", "missing"):
@@ -170,9 +170,9 @@ def _converted_basic(tmp_path: Path, size=(24, 32)) -> Path:
     """A converted SegNet-Basic (random weights, folded BN) declared at ``size``."""
     import converter
     from helpers import randomize_bn_statistics
-    from segnet.export import export_caffe
-    from segnet.models import segnet_basic
-    from segnet.nn import convert_bn
+    from segnet.deploy.caffe_export import export_caffe
+    from segnet.models.family import segnet_basic
+    from segnet.models.layers import convert_bn
 
     torch.manual_seed(0)
     model = convert_bn(randomize_bn_statistics(segnet_basic().eval()), "inference")

@@ -10,12 +10,13 @@ import torch
 from PIL import Image
 
 from segnet import class_weights
-from segnet.class_weights import class_statistics, median_frequency_weights
-from segnet.data import SegmentationDataset, local_contrast_normalize
-from segnet.imageio import DataError, load_image, load_label, load_pair_u8
-from segnet.labels import LabelSpace, get_label_space
-from segnet.resize import resize_bilinear, resize_nearest
-from segnet.splits import list_samples, read_list_file
+from segnet.training import class_weights as balancing
+from segnet.training.class_weights import class_statistics, median_frequency_weights
+from segnet.data.datasets import SegmentationDataset, local_contrast_normalize
+from segnet.data.imageio import DataError, load_image, load_label, load_pair_u8
+from segnet.data.labels import LabelSpace, get_label_space
+from segnet.data.resize import resize_bilinear, resize_nearest
+from segnet.data.splits import list_samples, read_list_file
 
 CAMVID = get_label_space("camvid")
 PALETTE = CAMVID.rgb_palette()
@@ -271,10 +272,10 @@ def test_class_weights_command_error(tmp_path: Path, capsys) -> None:
 
 
 def test_class_weight_choices() -> None:
-    assert class_weights.class_weights("prototxt", CAMVID).tolist() == list(CAMVID.class_weights)
-    assert class_weights.class_weights("natural", CAMVID).tolist() == [1.0] * 11
+    assert balancing.class_weights("prototxt", CAMVID).tolist() == list(CAMVID.class_weights)
+    assert balancing.class_weights("natural", CAMVID).tolist() == [1.0] * 11
     with pytest.raises(ValueError, match="unknown balancing"):
-        class_weights.class_weights("mean", CAMVID)
+        balancing.class_weights("mean", CAMVID)
 
 
 def test_colorize_uses_palette() -> None:

@@ -14,18 +14,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import segnet.train
+import segnet.training.loop
 
 from helpers import make_tiny_camvid
-from segnet.imageio import read_label
-from segnet.labels import get_label_space
-from segnet.splits import list_samples
+from segnet.data.imageio import read_label
+from segnet.data.labels import get_label_space
+from segnet.data.splits import list_samples
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "reproduce"))
 import device  # noqa: E402
-import pack_data  # noqa: E402
-import table1  # noqa: E402
+import experiment  # noqa: E402
+import packing  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def test_a_row_cut_by_the_deadline_comes_back_as_state_and_resumes(camvid, tmp_p
         checked.append(deadline)
         return True
 
-    monkeypatch.setattr(segnet.train, "past", deadline_passed)
+    monkeypatch.setattr(segnet.training.loop, "past", deadline_passed)
     assert device.main(["run", "--minutes", "0.05", "--out", str(first), "--work", str(tmp_path / "w1"), *common]) == 0
     assert checked and all(d <= time.time() + 3 for d in checked)  # the runner gave training its deadline
     monkeypatch.undo()
@@ -97,7 +97,7 @@ def test_a_row_cut_by_the_deadline_comes_back_as_state_and_resumes(camvid, tmp_p
 
 
 def test_a_report_with_no_rows_marks_every_row_not_run(tmp_path):
-    assert table1.write_report(tmp_path, "full", None) == 0
+    assert experiment.write_report(tmp_path, "full", None) == 0
     text = (tmp_path / "table1_full.md").read_text()
     assert text.count("not run yet") == 16 and "- rows run: 0 of 16" in text
     assert "16000 iterations of batch 12, images 360x480, validation every 1000, bf16" in text
@@ -108,12 +108,12 @@ def test_the_committed_full_report_is_what_report_assembles(tmp_path):
     (tmp_path / "runs" / "full").mkdir(parents=True)
     for row in rows.glob("*.json"):  # committed rows are scored already: nothing to compute
         shutil.copy(row, tmp_path / "runs" / "full" / row.name)
-    table1.write_report(tmp_path, "full", None)
+    experiment.write_report(tmp_path, "full", None)
     assert (tmp_path / "table1_full.md").read_text() == (ROOT / "reproduce" / "results" / "table1_full.md").read_text()
 
 
 def test_the_pack_is_a_data_folder_with_lossless_labels_and_a_checked_manifest(camvid, tmp_path):
-    manifest = pack_data.pack(camvid, tmp_path / "pack", quality=None, say=lambda text: None)
+    manifest = packing.pack(camvid, tmp_path / "pack", quality=None, say=lambda text: None)
     assert manifest["quality"] == 98  # a tiny set fits at the best quality tried
     space = get_label_space("camvid")
     for split in ("train", "val"):
@@ -123,10 +123,10 @@ def test_the_pack_is_a_data_folder_with_lossless_labels_and_a_checked_manifest(c
         assert all(np.array_equal(read_label(a.label, space), read_label(b.label, space))
                    for a, b in zip(samples, originals))  # fmt: skip
         assert 0 < manifest["splits"][split]["psnr_db"] < 100
-    assert pack_data.verify(tmp_path / "pack") == {"train": True, "val": True}
+    assert packing.verify(tmp_path / "pack") == {"train": True, "val": True}
     next(iter((tmp_path / "pack" / "CamVid" / "val" / "images").iterdir())).write_bytes(
-        pack_data.encode_jpeg(np.zeros((24, 32, 3), np.uint8), 90))
-    assert pack_data.verify(tmp_path / "pack") == {"train": True, "val": False}
+        packing.encode_jpeg(np.zeros((24, 32, 3), np.uint8), 90))
+    assert packing.verify(tmp_path / "pack") == {"train": True, "val": False}
 
 
 def test_the_jpeg_effect_verdict_compares_the_mean_difference_with_the_seed_spread():

@@ -10,10 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from segnet import evaluate as ev
-from segnet.data import SegmentationDataset
-from segnet.labels import get_label_space
-from segnet.paper import TABLE1, paper_row
+from segnet import evaluate
+from segnet.evaluation import core as ev
+from segnet.data.datasets import SegmentationDataset
+from segnet.data.labels import get_label_space
+from segnet.evaluation.paper import TABLE1, paper_row
 
 # ---------------------------------------------------------------- model outputs
 
@@ -118,7 +119,7 @@ def test_failing_or_inconsistent_models_give_one_line_errors(tiny_camvid: Path) 
 
 
 def _run(capsys, *args: str) -> tuple[int, str, str]:
-    code = ev.main(["--no-progress", *args])
+    code = evaluate.main(["--no-progress", *args])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -154,7 +155,7 @@ def test_command_with_predictions(tiny_camvid: Path, tmp_path: Path, capsys) -> 
 
 
 def test_command_with_model(tiny_camvid: Path, capsys, monkeypatch) -> None:
-    monkeypatch.setattr("segnet.checkpoint.load_model", lambda path: BlueDecoder())
+    monkeypatch.setattr("segnet.models.checkpoint.load_model", lambda path: BlueDecoder())
     code, out, err = _run(capsys, "--data", str(tiny_camvid), "--model", "net.pt", "--batch-size", "3", "--limit", "2")
     assert code == 0, err
     assert "2 images, net.pt" in out

@@ -23,12 +23,12 @@ import converter
 from converter.cli import main as converter_main
 from converter.writer import save_caffemodel
 from segnet.evaluate import main as evaluate_main
-from segnet.export import export_caffe
+from segnet.deploy.caffe_export import export_caffe
 from segnet.export import main as export_main
 from segnet.predict import main as predict_main
 from segnet.train import main as train_main
-from segnet.models import segnet_basic
-from segnet.nn import convert_bn
+from segnet.models.family import segnet_basic
+from segnet.models.layers import convert_bn
 
 SIZE = (24, 32)
 
@@ -189,9 +189,9 @@ def test_lr_zero_keeps_the_converted_example_accuracy(tmp_path, cli, camvid_dir)
 
 
 def test_monte_carlo_dropout_on_a_converted_bayesian_net(tmp_path, cli):
-    from segnet.caffe_graph import CaffeSegmenter
-    from segnet.mc_dropout import mc_dropout_predict
-    from segnet.models import bayesian_segnet_basic
+    from segnet.models.caffe_graph import CaffeSegmenter
+    from segnet.models.mc_dropout import mc_dropout_predict
+    from segnet.models.family import bayesian_segnet_basic
 
     torch.manual_seed(0)
     model = convert_bn(randomize_bn_statistics(bayesian_segnet_basic().eval()), "inference")

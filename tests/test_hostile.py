@@ -111,8 +111,8 @@ def _h5(path: Path, build) -> Path:
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
-    from segnet.checkpoint import save_model
-    from segnet.models import segnet_basic
+    from segnet.models.checkpoint import save_model
+    from segnet.models.family import segnet_basic
 
     root = tmp_path_factory.mktemp("hostile")
     f: dict[str, Path] = {"root": root}
@@ -553,7 +553,7 @@ def test_hdf5_datasets_are_checked_before_reading(files):
 
 
 def test_checkpoints_carry_a_checksum_that_is_verified(files, tmp_path):
-    from segnet.checkpoint import CheckpointError, load_model, read_checkpoint
+    from segnet.models.checkpoint import CheckpointError, load_model, read_checkpoint
 
     assert read_payload(files["model"])["checksum"].startswith("sha256:")
     assert read_payload(files["converted"])["checksum"].startswith("sha256:")
@@ -571,7 +571,7 @@ def test_checkpoints_carry_a_checksum_that_is_verified(files, tmp_path):
 
 
 def test_images_open_only_in_four_formats_and_within_the_limit(files, tmp_path):
-    from segnet.imageio import DataError, read_image_bgr
+    from segnet.data.imageio import DataError, read_image_bgr
 
     with pytest.raises(DataError, match="not a PNG, JPEG, BMP or TIFF image"):
         read_image_bgr(files["eps_as_png"])
@@ -589,11 +589,11 @@ def test_images_open_only_in_four_formats_and_within_the_limit(files, tmp_path):
 
 
 def test_resize_touches_only_the_rows_it_needs():
-    from segnet.resize import resize_bilinear
+    from segnet.data.resize import resize_bilinear
 
     image = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
     # the formula of the full-image pass, for comparison
-    from segnet.resize import _linear_taps
+    from segnet.data.resize import _linear_taps
 
     x0, x1, a0, a1 = _linear_taps(53, 20, clamp_weight=True)
     y0, y1, b0, b1 = _linear_taps(37, 11, clamp_weight=False)
@@ -670,7 +670,7 @@ def test_predict_and_evaluate_leave_nothing_after_a_failure_on_image_k(files, tm
     model = str(files["model"])
     images = [str(files["data"] / "test" / f"{i}.png") for i in range(2)]
     assert predict.main([model, images[0], str(files["truncated_png"]), "-o", str(tmp_path / "pred")]) == 2
-    monkeypatch.setattr("segnet.checkpoint.load_model", lambda path: _FailsOnSecond())
+    monkeypatch.setattr("segnet.models.checkpoint.load_model", lambda path: _FailsOnSecond())
     assert evaluate.main(["--data", str(files["data"]), "--model", "m.pt", "--out", str(tmp_path / "eval"),
                           "--no-progress"]) == 2  # fmt: skip
     assert "model broke" in capsys.readouterr().err
@@ -684,7 +684,8 @@ def test_predict_and_evaluate_leave_nothing_after_a_failure_on_image_k(files, tm
 
 
 def _train(files, out: Path, iterations: int, resume: str | None = None):
-    from segnet.train import TrainConfig, train
+    from segnet.training.config import TrainConfig
+    from segnet.training.loop import train
 
     cfg = TrainConfig(data=str(files["data"]), out=str(out), iterations=iterations, batch_size=2, val_every=2,
                       log_every=1, progress=False, class_weights="median", image_size=(16, 16), resume=resume)  # fmt: skip
@@ -692,7 +693,8 @@ def _train(files, out: Path, iterations: int, resume: str | None = None):
 
 
 def test_resume_needs_its_last_checkpoint_and_the_same_settings(files, tmp_path, capsys):
-    from segnet.train import TrainConfig, train
+    from segnet.training.config import TrainConfig
+    from segnet.training.loop import train
 
     with pytest.raises(UserError, match="nothing to resume from"):
         _train(files, tmp_path / "run", 2, resume="last")

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import converter
-from segnet.inference import CompactMaxPool, CompactUnpool, index_memory, optimize_for_inference
-from segnet.models import segnet, segnet_basic
-from segnet.nn import MaxPoolIndices, Unpool
-from segnet.weights import load_caffe_weights
+from segnet.deploy.inference import CompactMaxPool, CompactUnpool, index_memory, optimize_for_inference
+from segnet.models.family import segnet, segnet_basic
+from segnet.models.layers import MaxPoolIndices, Unpool
+from segnet.models.weights import load_caffe_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "segnet_basic_camvid"
@@ -81,7 +81,7 @@ def test_optimized_fp32_paths_match_the_reference(oracle_dir, build, names):
 def test_bf16_path_agrees_with_fp32_on_a_camvid_image():
     net = converter.convert(EXAMPLE / "segnet_basic_camvid.prototxt", EXAMPLE / "segnet_basic_camvid.caffemodel")
     model = load_caffe_weights(segnet_basic(), net).eval()
-    from segnet.imageio import load_image
+    from segnet.data.imageio import load_image
 
     size = tuple(net.input_shapes["data"][2:])
     x = torch.from_numpy(load_image(EXAMPLE / "0001TP_008550.png", size))[None]
@@ -110,7 +110,7 @@ def test_onnx_export_runs_in_onnxruntime(oracle_dir, tmp_path):
     ort = pytest.importorskip("onnxruntime", reason="ONNX checking needs the onnx extra")
     import onnx
 
-    from segnet.onnx_export import export_onnx
+    from segnet.deploy.onnx import export_onnx
 
     model = _trained_like(segnet_basic, oracle_dir, ("segnet_basic_inference.prototxt", "segnet_basic.caffemodel"))
     path = tmp_path / "segnet_basic.onnx"

@@ -10,11 +10,11 @@ import pytest
 from PIL import Image
 
 from converter.prototxt import read_net
-from segnet.data import SegmentationDataset
-from segnet.imageio import DataError, read_label
-from segnet.labels import LabelSpace, LabelSpaceError, get_label_space, label_space_for, registered
-from segnet.metrics import SegmentationMetrics
-from segnet.splits import list_samples
+from segnet.data.datasets import SegmentationDataset
+from segnet.data.imageio import DataError, read_label
+from segnet.data.labels import LabelSpace, LabelSpaceError, get_label_space, label_space_for, registered
+from segnet.evaluation.metrics import SegmentationMetrics
+from segnet.data.splits import list_samples
 
 
 def test_registered_spaces():

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segnet.imageio import read_label
-from segnet.labels import LabelSpace, get_label_space
-from segnet.splits import list_samples
+from segnet.data.imageio import read_label
+from segnet.data.labels import LabelSpace, get_label_space
+from segnet.data.splits import list_samples
 
 CAMVID = get_label_space("camvid")
-from segnet.metrics import (
+from segnet.evaluation.metrics import (
     SegmentationMetrics,
     class_accuracy,
     class_iou,

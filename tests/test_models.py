@@ -16,17 +16,17 @@ import torch
 from helpers import make_tiny_camvid, randomize_bn_statistics
 
 import converter
-from segnet.bn_stats import compute_bn_statistics, fold_statistics
-from segnet.checkpoint import load_model, save_model
-from segnet.class_weights import class_weights
-from segnet.export import export_caffe
-from segnet.loss import segnet_loss
-from segnet.labels import get_label_space
-from segnet.mc_dropout import mc_dropout_predict
-from segnet.models import bayesian_segnet_basic, segnet, segnet_basic
-from segnet.nn import CaffeBN, bn_to_caffe, bn_to_pytorch, convert_bn, fold_bn
-from segnet.registry import MODEL_NAMES, build_model
-from segnet.weights import WeightMismatchError, load_caffe_weights, readable_twin
+from segnet.models.bn_statistics import compute_bn_statistics, fold_statistics
+from segnet.models.checkpoint import load_model, save_model
+from segnet.training.class_weights import class_weights
+from segnet.deploy.caffe_export import export_caffe
+from segnet.training.loss import segnet_loss
+from segnet.data.labels import get_label_space
+from segnet.models.mc_dropout import mc_dropout_predict
+from segnet.models.family import bayesian_segnet_basic, segnet, segnet_basic
+from segnet.models.layers import CaffeBN, bn_to_caffe, bn_to_pytorch, convert_bn, fold_bn
+from segnet.models.registry import MODEL_NAMES, build_model
+from segnet.models.weights import WeightMismatchError, load_caffe_weights, readable_twin
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -227,7 +227,8 @@ def test_monte_carlo_dropout():
 
 
 def test_training_runs_resumes_and_keeps_the_best(tmp_path):
-    from segnet.train import TrainConfig, train
+    from segnet.training.config import TrainConfig
+    from segnet.training.loop import train
 
     data = make_tiny_camvid(tmp_path / "camvid", ("train", "val"), 4)
     cfg = TrainConfig(data=str(data), out=str(tmp_path / "run"), iterations=4, batch_size=2, val_every=2,
@@ -244,7 +245,8 @@ def test_training_runs_resumes_and_keeps_the_best(tmp_path):
 
 
 def test_fine_tuning_keeps_the_bn_mode_of_the_checkpoint(tmp_path):
-    from segnet.train import TrainConfig, train
+    from segnet.training.config import TrainConfig
+    from segnet.training.loop import train
 
     data = make_tiny_camvid(tmp_path / "camvid", ("train", "val"), 4)
     start = convert_bn(segnet_basic(), "learn")
@@ -274,7 +276,7 @@ def test_two_process_cpu_ddp(tmp_path):
 
 def test_images_per_second_leave_validation_out(tmp_path, monkeypatch):
     """A clock that only validation advances: the logged training rate must not see that time."""
-    import segnet.train as training
+    import segnet.training.loop as training
 
     data = make_tiny_camvid(tmp_path / "camvid", ("train", "val"), 2)
     clock = [0.0]

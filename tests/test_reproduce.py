@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -17,15 +16,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(f"reproduce_{name}", ROOT / "reproduce" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-table1 = _script("table1")
+sys.path.insert(0, str(ROOT / "reproduce"))  # the scripts import each other as python reproduce/X.py runs them
+import experiment  # noqa: E402
+import table1  # noqa: E402
 
 
 def _result(variant, balancing, g, c, miou, bf, params=1_416_587):
@@ -34,8 +27,8 @@ def _result(variant, balancing, g, c, miou, bf, params=1_416_587):
 
 
 def test_table_states_budget_hardware_command_and_deltas():
-    budget = table1.Budget(80, 12, (90, 120), 40, True, "cpu")
-    text = table1.assemble_table([_result("SegNet-Basic", "median", 80.0, 60.0, 45.0, 30.0),
+    budget = experiment.Budget(80, 12, (90, 120), 40, True, "cpu")
+    text = experiment.assemble_table([_result("SegNet-Basic", "median", 80.0, 60.0, 45.0, 30.0),
                                   _result("FCN-Basic", "natural", 85.0, 50.0, 40.0, 40.0, 645_979)],
                                  budget, "python reproduce/table1.py", "test machine")  # fmt: skip
     assert "- command: `python reproduce/table1.py`" in text and "- hardware: test machine" in text
@@ -44,18 +37,18 @@ def test_table_states_budget_hardware_command_and_deltas():
     assert "82.7 / 80.0 / -2.7" in segnet_row and "35.8 / 30.0 / -5.8" in segnet_row and "1.417 / 1.425" in segnet_row
     fcn_row = next(line for line in text.splitlines() if line.startswith("| FCN-Basic | natural"))
     assert "83.9 / 85.0 / +1.1" in fcn_row  # natural-frequency column of the paper
-    full = table1.assemble_table([], table1.PAPER_BUDGET, "x", "y")
+    full = experiment.assemble_table([], experiment.PAPER_BUDGET, "x", "y")
     assert "REDUCED" not in full
     diverged = {"variant": "FCN-Basic", "balancing": "median", "diverged": "loss became nan at iteration 11"}
-    assert "| FCN-Basic | median | | loss became nan at iteration 11 |" in table1.assemble_table(
+    assert "| FCN-Basic | median | | loss became nan at iteration 11 |" in experiment.assemble_table(
         [diverged], budget, "x", "y")
 
 
 def test_jobs_are_cached_and_resumed(tmp_path, monkeypatch):
     data = make_tiny_camvid(tmp_path / "camvid")
     out = tmp_path / "results"
-    small = table1.Budget(2, 2, (12, 16), 1, False, "tiny")
-    first = table1.run_job("FCN-Basic", "natural", small, data, out, "cpu", progress=False)
+    small = experiment.Budget(2, 2, (12, 16), 1, False, "tiny")
+    first = experiment.run_job("FCN-Basic", "natural", small, data, out, "cpu", progress=False)
     assert set(first["test"]) == {"G", "C", "mIoU", "BF"} and first["budget"]["iterations"] == 2
     cache = out / "runs" / "FCN-Basic__natural.json"
     assert json.loads(cache.read_text()) == first
@@ -63,13 +56,13 @@ def test_jobs_are_cached_and_resumed(tmp_path, monkeypatch):
     def no_training(cfg):
         raise AssertionError("a cached job must not train again")
 
-    monkeypatch.setattr(table1, "train", no_training)
-    assert table1.run_job("FCN-Basic", "natural", small, data, out, "cpu", progress=False) == first
+    monkeypatch.setattr(experiment, "train", no_training)
+    assert experiment.run_job("FCN-Basic", "natural", small, data, out, "cpu", progress=False) == first
     monkeypatch.undo()
 
     # A larger budget reuses the run folder and continues from its last checkpoint.
-    longer = table1.Budget(4, 2, (12, 16), 1, False, "tiny")
-    second = table1.run_job("FCN-Basic", "natural", longer, data, out, "cpu", progress=False)
+    longer = experiment.Budget(4, 2, (12, 16), 1, False, "tiny")
+    second = experiment.run_job("FCN-Basic", "natural", longer, data, out, "cpu", progress=False)
     assert second["budget"]["iterations"] == 4
     log = (out / "runs" / "FCN-Basic__natural" / "log.jsonl").read_text().splitlines()
     starts = [json.loads(line)["start_iteration"] for line in log if '"start"' in line]
@@ -78,7 +71,7 @@ def test_jobs_are_cached_and_resumed(tmp_path, monkeypatch):
 
 def test_plot_is_written(tmp_path):
     path = tmp_path / "t.png"
-    table1.plot([_result("SegNet-Basic", "median", 80.0, 60.0, 45.0, 30.0)], path)
+    experiment.plot([_result("SegNet-Basic", "median", 80.0, 60.0, 45.0, 30.0)], path)
     image = Image.open(path)
     assert image.size[0] > 500 and image.mode in ("RGB", "RGBA")
 
@@ -97,7 +90,7 @@ def test_a_cached_default_run_leaves_the_committed_report_as_it_is(tmp_path, mon
     monkeypatch.setattr(table1, "RESULTS", results)
     monkeypatch.setattr(table1, "SCRATCH", results / "scratch")
     monkeypatch.setattr(table1, "bf16_available", lambda device: True)  # the machine the results came from
-    monkeypatch.setattr(table1, "train", lambda cfg: pytest.fail("every cell is cached"))
+    monkeypatch.setattr(experiment, "train", lambda cfg: pytest.fail("every cell is cached"))
     before = {p.name: p.read_bytes() for p in results.rglob("*") if p.is_file()}
     data = make_tiny_camvid(tmp_path / "camvid", count=1)
     assert table1.main(["--no-progress", "--data", str(data)]) == 0
@@ -133,7 +126,7 @@ def test_command_rejects_unknown_variants(tmp_path, capsys):
 
 
 def test_evaluate_caffe_prints_the_papers_rows(oracle_dir, camvid_dir, capsys):
-    evaluate_caffe = _script("evaluate_caffe")
+    import evaluate_caffe
     code = evaluate_caffe.main([str(oracle_dir / "segnet_basic_inference.prototxt"),
                                 str(oracle_dir / "segnet_basic.caffemodel"), "--data", str(camvid_dir), "--limit", "2"])  # fmt: skip
     out = capsys.readouterr().out
@@ -144,7 +137,7 @@ def test_evaluate_caffe_prints_the_papers_rows(oracle_dir, camvid_dir, capsys):
 
 def test_evaluate_caffe_takes_a_training_prototxt(oracle_dir, camvid_dir, capsys):
     """A LEARN-mode training net: only the layers the scores need run (no label input), with a warning."""
-    evaluate_caffe = _script("evaluate_caffe")
+    import evaluate_caffe
     code = evaluate_caffe.main([str(oracle_dir / "segnet_basic_train.prototxt"), str(oracle_dir / "segnet_basic_train.caffemodel"),
                                 "--data", str(camvid_dir), "--limit", "1", "--no-progress"])  # fmt: skip
     captured = capsys.readouterr()
@@ -154,7 +147,7 @@ def test_evaluate_caffe_takes_a_training_prototxt(oracle_dir, camvid_dir, capsys
 
 def test_evaluate_caffe_without_data_is_one_line(oracle_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("SEGNET_SHARED", str(tmp_path))  # nothing there
-    evaluate_caffe = _script("evaluate_caffe")
+    import evaluate_caffe
     code = evaluate_caffe.main([str(oracle_dir / "segnet_basic_inference.prototxt"),
                                 str(oracle_dir / "segnet_basic.caffemodel"), "--no-progress"])  # fmt: skip
     err = capsys.readouterr().err

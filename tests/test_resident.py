@@ -8,12 +8,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import segnet.train as training
+import segnet.training.loop as training
 from helpers import make_tiny_camvid
-from segnet.checkpoint import read_checkpoint
-from segnet.labels import get_label_space
-from segnet.registry import build_model
-from segnet.resident import Batches, ResidentBatches, ValidationSet, validation_accuracy
+from segnet.models.checkpoint import read_checkpoint
+from segnet.data.labels import get_label_space
+from segnet.models.registry import build_model
+from segnet.training.resident import Batches, ResidentBatches, ValidationSet, validation_accuracy
 
 
 def _split(count: int = 7) -> SimpleNamespace:

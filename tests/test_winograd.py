@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segnet.inference import WINOGRAD_MIN_CHANNELS, optimize_for_inference
-from segnet.models import segnet, segnet_basic
-from segnet.winograd import WinogradConv2d, transform_weight, winograd_conv3x3
+from segnet.deploy.inference import WINOGRAD_MIN_CHANNELS, optimize_for_inference
+from segnet.models.family import segnet, segnet_basic
+from segnet.deploy.winograd import WinogradConv2d, transform_weight, winograd_conv3x3
 
 
 def _case(n, c, k, h, w, seed=0):

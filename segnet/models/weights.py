@@ -6,7 +6,7 @@ layer with parameters must have a module of the same name in the model:
 convolutions and deconvolutions take weight and bias as they are; a BN layer
 replaces the model's BN module by a ``CaffeBN`` in the file's mode (LEARN or
 INFERENCE), so that the model computes what Caffe computes. Call
-``segnet.nn.convert_bn(model, "pytorch")`` afterwards to fine-tune with
+``segnet.models.layers.convert_bn(model, "pytorch")`` afterwards to fine-tune with
 PyTorch's BatchNorm instead.
 """
 
@@ -23,9 +23,9 @@ import converter
 from converter import CaffeNet
 from converter.errors import UserError
 
-from .caffe_graph import CaffeSegmenter
-from .models import DROPOUT_RATIO, SEGNET, SEGNET_BASIC, Architecture, SegNet, decoder_name
-from .nn import CaffeBN
+from segnet.models.caffe_graph import CaffeSegmenter
+from segnet.models.family import DROPOUT_RATIO, SEGNET, SEGNET_BASIC, Architecture, SegNet, decoder_name
+from segnet.models.layers import CaffeBN
 
 
 class WeightMismatchError(UserError):

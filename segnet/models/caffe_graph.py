@@ -18,7 +18,7 @@ from torch import nn
 from converter import CaffeNet
 from converter.errors import UserError
 
-from .resize import Size
+from segnet.data.resize import Size
 
 _SOFTMAX_TYPES = ("Softmax", "SoftmaxWithLoss")
 

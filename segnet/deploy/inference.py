@@ -10,7 +10,7 @@ labels, with:
   paper's "2 bits per window" would be 32x), and the unpooling writes each
   value straight to its window position;
 - optionally (``winograd``) the 3x3 convolutions with 128 or more input and
-  output channels run by Winograd's F(2x2, 3x3) (segnet/winograd.py): 2.25x
+  output channels run by Winograd's F(2x2, 3x3) (segnet/deploy/winograd.py): 2.25x
   less arithmetic, float32 error within 2x the direct convolution's;
   narrower layers stay direct, where the 64-wide matrix products of the
   transformed form run too slowly to gain;
@@ -34,9 +34,9 @@ from torch import nn
 
 from converter.functional import max_pool2d, pool_output_size
 
-from .models import SegNet, in_segnet_family
-from .nn import MaxPoolIndices, Unpool, fold_bn
-from .winograd import WinogradConv2d, is_winograd_eligible
+from segnet.models.family import SegNet, in_segnet_family
+from segnet.models.layers import MaxPoolIndices, Unpool, fold_bn
+from segnet.deploy.winograd import WinogradConv2d, is_winograd_eligible
 
 #: Narrowest convolution (input and output channels) run by Winograd's F(2x2, 3x3) with ``winograd=True``.
 WINOGRAD_MIN_CHANNELS = 128

@@ -27,8 +27,8 @@ from PIL import Image
 from converter import budget
 from converter.errors import UserError
 
-from .labels import LabelSpace
-from .resize import Size, resize_bilinear, resize_nearest
+from segnet.data.labels import LabelSpace
+from segnet.data.resize import Size, resize_bilinear, resize_nearest
 
 
 class DataError(UserError):

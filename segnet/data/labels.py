@@ -15,7 +15,7 @@ metrics number them 0..K-1 in id order (:meth:`LabelSpace.class_index`).
 
 Where label spaces come from (:func:`get_label_space`):
 
-* a name: every module in ``segnet/labelspaces/`` that defines
+* a name: every module in ``segnet/data/labelspaces/`` that defines
   ``LABEL_SPACE`` is one (``camvid``, ``sun-rgbd``); adding a data set is
   adding one such file;
 * a JSON file: ``{"name": ..., "names": [...], "void": 255, "palette":
@@ -193,7 +193,7 @@ class LabelSpace:
 
 def registered() -> dict[str, LabelSpace]:
     """Label spaces by name: one per module of ``segnet/labelspaces`` that defines LABEL_SPACE."""
-    from . import labelspaces
+    from segnet.data import labelspaces
 
     spaces = {}
     for info in pkgutil.iter_modules(labelspaces.__path__):

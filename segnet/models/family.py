@@ -10,7 +10,7 @@ pooling started from, as caffe-segnet's Upsample layer does.
 Modules carry the Caffe layer names of SegNet-Tutorial's prototxt files
 (``conv1_1``, ``conv1_1_bn``, ..., ``conv1_1_D``; ``conv1``, ...,
 ``conv_decode1``, ``conv_classifier``), so converted Caffe weights load by
-name (``segnet.weights.load_caffe_weights``) and models export back to
+name (``segnet.models.weights.load_caffe_weights``) and models export back to
 caffe-segnet files (``segnet.export``).
 
     model = segnet_basic(num_classes=11)          # new, He-initialised, torch BatchNorm
@@ -25,7 +25,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from .nn import LRN, BNKind, MaxPoolIndices, Unpool, make_bn
+from segnet.models.layers import LRN, BNKind, MaxPoolIndices, Unpool, make_bn
 
 
 @dataclass(frozen=True)

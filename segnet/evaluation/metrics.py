@@ -5,7 +5,7 @@ computed as the paper's evaluation script computes them:
 
 * ``cm[i, j]`` counts pixels whose ground truth is class i (0..K-1) and
   whose prediction is j. Classes are numbered 0..K-1 (a label space's
-  output ids without void, :meth:`~segnet.labels.LabelSpace.class_index`;
+  output ids without void, :meth:`~segnet.data.labels.LabelSpace.class_index`;
   for CamVid the ids themselves). Pixels whose ground truth is void are left
   out entirely. Column K collects predictions that are not a class (void or
   any other value), so ``cm`` is K x (K+1).
@@ -27,7 +27,7 @@ Two details follow the script exactly and are worth knowing:
   drops out of the recall and IoU denominators. A SegNet argmax never
   predicts void, so this only matters for predictions made elsewhere.
 
-BF is the boundary F1 measure of :mod:`segnet.boundary`, averaged per
+BF is the boundary F1 measure of :mod:`segnet.evaluation.boundary`, averaged per
 image. :class:`SegmentationMetrics` accumulates all four over a data set.
 """
 
@@ -39,8 +39,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from segnet.boundary import BF_TOLERANCE, BoundaryCounts, boundary_counts, resize_nearest_matlab
-from segnet.labels import LabelSpace
+from segnet.evaluation.boundary import BF_TOLERANCE, BoundaryCounts, boundary_counts, resize_nearest_matlab
+from segnet.data.labels import LabelSpace
 
 #: The paper's four measures, in its order; every report and table uses these names.
 METRICS = ("G", "C", "mIoU", "BF")
@@ -195,7 +195,7 @@ class SegmentationMetrics:
             self._pool = None
 
     def image_bf(self) -> np.ndarray:
-        """BF of each image (see :mod:`segnet.boundary`)."""
+        """BF of each image (see :mod:`segnet.evaluation.boundary`)."""
         return np.array([b.score for b in self.boundary_counts()])
 
     def bf(self) -> float:

@@ -29,11 +29,11 @@ from converter import budget
 from converter.checkpoint import read_payload, write_payload
 from converter.errors import UserError
 
-from .caffe_graph import CaffeSegmenter, declared_input_size
-from .labels import LabelSpace
-from .models import Architecture, SegNet
-from .nn import CaffeBN
-from .registry import build_model
+from segnet.models.caffe_graph import CaffeSegmenter, declared_input_size
+from segnet.data.labels import LabelSpace
+from segnet.models.family import Architecture, SegNet
+from segnet.models.layers import CaffeBN
+from segnet.models.registry import build_model
 
 FORMAT = "segnet-model"
 VERSION = 1
@@ -147,7 +147,7 @@ def save_model(path: str | Path, model: nn.Module, meta: dict[str, Any] | None =
             payload["architecture"] = asdict(model.arch)
             name = name or "segnet-family"
         if name is None:
-            raise ValueError(f"cannot save a {type(model).__name__}: not built by segnet.registry.build_model")
+            raise ValueError(f"cannot save a {type(model).__name__}: not built by segnet.models.registry.build_model")
         payload.update(model=name, num_classes=int(model.num_classes), bn=bn_layout(model))
         state = model.state_dict()
     payload["state_dict"] = {k: v.detach().cpu() for k, v in state.items()}

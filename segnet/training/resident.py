@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import SegmentationDataset
-from .labels import LabelSpace
-from .mc_dropout import dropout_sampling
-from .metrics import confusion_matrix, global_accuracy, match_size
+from segnet.data.datasets import SegmentationDataset
+from segnet.data.labels import LabelSpace
+from segnet.models.mc_dropout import dropout_sampling
+from segnet.evaluation.metrics import confusion_matrix, global_accuracy, match_size
 
 
 class Batches:

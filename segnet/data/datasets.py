@@ -1,9 +1,9 @@
 """A data-set split for torch: a Dataset of network inputs and labels.
 
 Items are what caffe-segnet's DenseImageData layer fed SegNet (see
-:mod:`segnet.imageio`): BGR float images with values 0..255 and int64
-label ids of a :class:`~segnet.labels.LabelSpace`. The split's files are
-found by :mod:`segnet.splits` (list files or folders). Optional local
+:mod:`segnet.data.imageio`): BGR float images with values 0..255 and int64
+label ids of a :class:`~segnet.data.labels.LabelSpace`. The split's files are
+found by :mod:`segnet.data.splits` (list files or folders). Optional local
 contrast normalisation is here too, for experiments that want the paper's
 wording of the preprocessing.
 """
@@ -17,10 +17,10 @@ import torch
 from scipy import ndimage
 from torch.utils.data import Dataset
 
-from .imageio import DataError, load_pair_u8
-from .labels import LabelSpace, get_label_space
-from .resize import Size
-from .splits import Sample, list_samples
+from segnet.data.imageio import DataError, load_pair_u8
+from segnet.data.labels import LabelSpace, get_label_space
+from segnet.data.resize import Size
+from segnet.data.splits import Sample, list_samples
 
 
 # --------------------------------------------------------------------------

@@ -8,7 +8,7 @@
   and their Bayesian versions, checked to compute the same scores): that
   readable model, BN layers in the file's mode;
 * any other converted Caffe net: the converted graph itself
-  (:class:`~segnet.caffe_graph.CaffeSegmenter`), whose gradients are Caffe's.
+  (:class:`~segnet.models.caffe_graph.CaffeSegmenter`), whose gradients are Caffe's.
 
 BN is handled so that the model's outputs at step 0 are the checkpoint's.
 INFERENCE-mode BN (statistics folded into a scale and shift) is unfolded
@@ -39,13 +39,13 @@ from converter.functional import batch_moments
 from converter.layers.batchnorm import BN as CaffeGraphBN
 from converter.layers.batchnorm import BatchNorm as CaffeGraphBatchNorm
 
-from .caffe_graph import CaffeSegmenter, num_outputs
-from .checkpoint import load_model
-from .labels import LabelSpace, get_label_space, label_space_for
-from .models import in_segnet_family
-from .nn import CaffeBN
-from .registry import build_model
-from .weights import WeightMismatchError, load_caffe_weights, readable_twin
+from segnet.models.caffe_graph import CaffeSegmenter, num_outputs
+from segnet.models.checkpoint import load_model
+from segnet.data.labels import LabelSpace, get_label_space, label_space_for
+from segnet.models.family import in_segnet_family
+from segnet.models.layers import CaffeBN
+from segnet.models.registry import build_model
+from segnet.models.weights import WeightMismatchError, load_caffe_weights, readable_twin
 
 
 @dataclass

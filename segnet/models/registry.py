@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from .models import MODELS
-from .nn import BNKind
-from .variants import VARIANTS, build_variant
+from segnet.models.family import MODELS
+from segnet.models.layers import BNKind
+from segnet.models.variants import VARIANTS, build_variant
 
 #: Command-line names: the SegNet family, then the Table 1 variants by the paper's names.
 MODEL_NAMES = list(MODELS) + [v for v in VARIANTS if v != "SegNet-Basic"]

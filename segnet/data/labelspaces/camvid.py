@@ -5,7 +5,7 @@ prototxts (SoftmaxWithLoss class_weighting), which the released models were
 trained with.
 """
 
-from segnet.labels import LabelSpace
+from segnet.data.labels import LabelSpace
 
 LABEL_SPACE = LabelSpace(
     name="camvid",

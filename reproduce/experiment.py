@@ -1,0 +1,388 @@
+"""Table 1's experiment, shared by table1.py, device.py, pack_data.py and jpeg_effect.py.
+
+Budgets, the rows (variant x class balancing) and their names and paths,
+training and scoring one row, inference timing, and the report that
+assembles the rows into a Markdown table and a chart. table1.py is its
+command (see there for the protocol).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+
+from segnet.models.checkpoint import load_model
+from segnet.cli import data_root
+from segnet.data.datasets import SegmentationDataset
+from segnet.evaluation.core import evaluate, model_predictions
+from segnet.deploy.measure import cpu_has_bf16
+from segnet.evaluation.metrics import METRICS
+from segnet.models.family import count_parameters
+from segnet.evaluation.paper import PAPER_PARAMS_M, PAPER_STORAGE, PAPER_TIME_MS, paper_row
+from segnet.models.registry import build_model
+from segnet.training.config import TrainConfig
+from segnet.training.loop import TrainingDiverged, train
+from segnet.models.variants import VARIANTS
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "reproduce" / "results"
+SCRATCH = RESULTS / "scratch"  # ignored by git: runs other than the committed one
+BALANCINGS = {"median": "median", "natural": "natural"}  # Table 1's two columns -> segnet.train's weights
+
+
+@dataclass(frozen=True)
+class Budget:
+    iterations: int
+    batch_size: int
+    image_size: tuple[int, int]
+    val_every: int
+    bf16: bool
+    name: str
+
+    def describe(self) -> str:
+        return (f"{self.iterations} iterations of batch {self.batch_size}, images {self.image_size[0]}x"
+                f"{self.image_size[1]}, validation every {self.val_every}, {'bf16' if self.bf16 else 'fp32'}")  # fmt: skip
+
+
+PAPER_BUDGET = Budget(16000, 12, (360, 480), 1000, False, "full")
+#: The paper's budget as the GPU runner trains it (reproduce/device.py): bf16 autocast (the paper: fp32 Caffe).
+DEVICE_BUDGET = replace(PAPER_BUDGET, bf16=True)
+CPU_BUDGET = Budget(80, 12, (90, 120), 40, True, "cpu")
+
+
+def bf16_available(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return cpu_has_bf16()
+
+
+def job_name(variant: str, balancing: str) -> str:
+    return f"{variant}__{balancing}"
+
+
+def model_name(variant: str) -> str:
+    """The registry name of a Table 1 variant."""
+    return "segnet-basic" if variant == "SegNet-Basic" else variant
+
+
+def run_job(variant: str, balancing: str, budget: Budget, data: Path, out: Path, device: str = "auto",
+            progress: bool = True, reuse: Path | None = None) -> dict:  # fmt: skip
+    """Train (resuming if interrupted) and evaluate one Table 1 cell; cached as JSON under ``out``.
+
+    A result cached for the same job and budget under ``reuse`` (the
+    committed results) is taken as it is.
+    """
+    cache = out / "runs" / f"{job_name(variant, balancing)}.json"
+    for known in (cache, (reuse / "runs" / cache.name) if reuse else None):
+        if known is not None and known.exists():
+            cached = json.loads(known.read_text())
+            if cached.get("budget") == json.loads(json.dumps(asdict(budget))):
+                return cached
+    run_dir = out / "runs" / job_name(variant, balancing)
+    cfg = TrainConfig(
+        data=str(data), out=str(run_dir), model=model_name(variant),
+        iterations=budget.iterations, batch_size=budget.batch_size, image_size=budget.image_size,
+        val_every=budget.val_every, class_weights=BALANCINGS[balancing], bf16=budget.bf16, device=device,
+        resume="auto", progress=progress,
+    )  # fmt: skip
+    started = time.perf_counter()
+    try:
+        summary = train(cfg)
+    except TrainingDiverged as exc:  # a diverged run is a result too: record it, go on with the others
+        result = {"variant": variant, "balancing": balancing, "budget": asdict(budget), "diverged": str(exc),
+                  "hardware": hardware()}  # fmt: skip
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(result, indent=1))
+        return json.loads(cache.read_text())
+    train_seconds = time.perf_counter() - started
+    model = load_model(run_dir / "best.pt", map_location=cfg.device if cfg.device != "auto" else "cpu")
+    result = {
+        "variant": variant,
+        "balancing": balancing,
+        "budget": asdict(budget),
+        "best_iteration": summary["best"]["iteration"],
+        "val_global_accuracy": summary["best"]["accuracy"],
+        "test": test_scores(model, data, budget.image_size),
+        "params": count_parameters(build_model(cfg.model)),
+        "inference_ms": inference_ms(model.cpu(), budget.image_size),
+        "train_seconds": train_seconds,
+        "hardware": hardware(),
+    }
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(result, indent=1))
+    return json.loads(cache.read_text())  # the same form a cached result has
+
+
+def test_scores(model: torch.nn.Module, data: Path, size: tuple[int, int], progress: bool = False,
+                boundary: bool = True) -> dict:  # fmt: skip
+    """G, C, mIoU, BF (percent) on the test split: images in at ``size``, scored at the labels' 360x480.
+
+    ``boundary=False`` leaves BF (the slow one) out.
+    """
+    test = SegmentationDataset(data, "test", size=size)
+    predictions = model_predictions(model, test, batch_size=4, device=next(model.parameters()).device)
+    metrics = evaluate(predictions, test, progress=progress, boundary=boundary)
+    return {k: 100 * metrics[k] for k in METRICS if metrics[k] is not None}
+
+
+@torch.no_grad()
+def inference_ms(model: torch.nn.Module, size: tuple[int, int], repeats: int = 5) -> float:
+    """Median time of one image's forward pass (fp32) where the model is."""
+    model.eval()
+    device = next(model.parameters()).device
+    x = torch.rand(1, 3, *size, device=device) * 255
+    model(x)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def hardware() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"{os.cpu_count()}-core CPU ({platform.machine()}), no GPU"
+
+
+def assemble_table(results: list[dict], budget: Budget, command: str, hw: str) -> str:
+    """The Markdown report: header (hardware, budget, command) and paper | ours | delta per cell."""
+    lines = [
+        "# Table 1 re-run: decoder variants on CamVid",
+        "",
+        f"- command: `{command}`",
+        f"- hardware: {hw}",
+        f"- budget: {budget.describe()}" + ("" if budget == PAPER_BUDGET else
+                                            f" (REDUCED; the paper's: {PAPER_BUDGET.describe()})"),
+        "- test: 233 CamVid test images, metrics at 360x480 (G, C, mIoU, BF at 0.75% of the diagonal), percent",
+        "- model selection: best validation global accuracy, as in the paper",
+        "",
+        "| variant | balancing | params (M) ours / paper | G paper / ours / delta | C paper / ours / delta "
+        "| mIoU paper / ours / delta | BF paper / ours / delta | best iter | inference ms ours / paper |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for r in results:
+        if "diverged" in r:
+            lines.append(f"| {r['variant']} | {r['balancing']} | | {r['diverged']} | | | | | |")
+            continue
+        cells = score_cells(r)
+        lines.append(
+            f"| {r['variant']} | {r['balancing']} | {r['params'] / 1e6:.3f} / {PAPER_PARAMS_M[r['variant']]} | "
+            + " | ".join(cells)
+            + f" | {r['best_iteration']} | {r['inference_ms']:.0f} / {PAPER_TIME_MS[r['variant']]} |"
+        )
+    lines += ["", "Paper's inference times: 2015 NVIDIA Titan at 360x480. Ours: this machine at the budget's "
+              "image size, fp32. Storage multipliers (paper): " + ", ".join(
+                  f"{v} {PAPER_STORAGE[v]}" for v in VARIANTS) + "."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def score_cells(result: dict) -> list[str]:
+    """``paper / ours / delta`` per metric of a scored row."""
+    paper = paper_values(result)
+    return [f"{paper[m]:.1f} / {result['test'][m]:.1f} / {result['test'][m] - paper[m]:+.1f}" for m in METRICS]
+
+
+def assemble_device_table(rows: dict[tuple[str, str], dict | None], name: str) -> str:
+    """The report of the rows trained by reproduce/device.py: every Table 1 row, those not run marked so."""
+    done = [r for r in rows.values() if r is not None]
+    budgets = sorted({Budget(**{**r["budget"], "image_size": tuple(r["budget"]["image_size"])}).describe()
+                      for r in done}) or [DEVICE_BUDGET.describe()]  # fmt: skip
+    machines = sorted({r.get("hardware", "not recorded") for r in done}) or ["none yet"]
+    packs = sorted({r["data"]["images"] for r in done if "data" in r})
+    scored = sorted({r["scored_on"] for r in done if "scored_on" in r})
+    lines = [
+        "# Table 1 at the paper's budget: decoder variants on CamVid",
+        "",
+        "- trained by `bash reproduce/device.sh --minutes 9 --out $OUT` on a GPU machine (reproduce/DEVICE.md), "
+        "filed and scored by `python reproduce/device.py collect FOLDER`, assembled by "
+        f"`python reproduce/table1.py --report{'' if name == 'full' else ' --tag ' + name}`",
+        f"- budget: {'; '.join(budgets)}; the paper's: {PAPER_BUDGET.describe()} (Caffe)",
+        f"- training hardware: {'; '.join(machines)}",
+        "- training data: CamVid train (367) and val (101) as packed by reproduce/pack_data.py"
+        + (f": {'; '.join(packs)}" if packs else ""),
+        "- test: the 233 original CamVid test PNGs, metrics at 360x480 (G, C, mIoU, BF at 0.75% of the diagonal), "
+        f"percent, scored on {'; '.join(scored) if scored else 'this machine (none scored yet)'}",
+        "- model selection: best validation global accuracy, as in the paper",
+        f"- rows run: {len(done)} of {len(rows)}",
+        "",
+        "| variant | balancing | params (M) ours / paper | G paper / ours / delta | C paper / ours / delta "
+        "| mIoU paper / ours / delta | BF paper / ours / delta | best iter | train images/s | train wall s "
+        "| inference ms ours / paper |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for (variant, balancing), r in rows.items():
+        if r is None or "diverged" in r or "test" not in r:
+            status = "not run yet" if r is None else r.get("diverged", "trained, not scored yet (no checkpoint here)")
+            lines.append(f"| {variant} | {balancing} | | {status} | | | | | | | |")
+            continue
+        lines.append(
+            f"| {variant} | {balancing} | {r['params'] / 1e6:.3f} / {PAPER_PARAMS_M[variant]} | "
+            + " | ".join(score_cells(r))
+            + f" | {r['best_iteration']} | {r['images_per_s']:.0f} | {r['wall_seconds']:.0f} | "
+            f"{r['inference_ms']:.1f} / {PAPER_TIME_MS[variant]} |"
+        )
+    lines += ["", "Train images/s: training steps only (validation and checkpoints left out), over all of a row's "
+              "device calls. Inference: one 360x480 image, fp32, on the training GPU; the paper's on a 2015 "
+              "NVIDIA Titan."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def write_report(results_root: Path, name: str, data: str | None, progress: bool = False) -> int:
+    """Score the rows under ``results_root/runs/<name>/`` that have a checkpoint but no test scores, then
+    write ``table1_<name>.md`` and ``.png`` in ``results_root`` with every Table 1 row."""
+    folder = results_root / "runs" / name
+    rows: dict[tuple[str, str], dict | None] = {}
+    for variant in VARIANTS:
+        for balancing in BALANCINGS:
+            path = folder / f"{job_name(variant, balancing)}.json"
+            row = json.loads(path.read_text()) if path.exists() else None
+            checkpoint = folder / job_name(variant, balancing) / "best.pt"
+            if row is not None and "test" not in row and "diverged" not in row and checkpoint.exists():
+                print(f"scoring {job_name(variant, balancing)} on the test set ({checkpoint})", flush=True)
+                model = load_model(checkpoint, map_location="cpu")
+                row["test"] = test_scores(model, Path(data_root(data)), tuple(row["budget"]["image_size"]), progress)
+                row["scored_on"] = hardware()
+                path.write_text(json.dumps(row, indent=1) + "\n")
+            rows[(variant, balancing)] = row
+    text = assemble_device_table(rows, name)
+    md, png = results_root / f"table1_{name}.md", results_root / f"table1_{name}.png"
+    print(text)
+    if write_if_changed(md, text) or not png.exists():
+        plot([r for r in rows.values() if r is not None], png,
+             f"Table 1 at the paper's budget: mIoU and BF, paper vs ours ({sum(r is not None for r in rows.values())} "
+             f"of {len(rows)} rows run)")  # fmt: skip
+        print(f"wrote {md} and {png}")
+    else:
+        print(f"{md} is up to date")
+    return 0
+
+
+def plot(results: list[dict], path: Path, title: str = "Table 1 re-run: mIoU and BF, paper vs ours") -> None:
+    """Grouped bars of mIoU and BF, paper and ours, one group per (variant, balancing).
+
+    With matplotlib (the ``plots`` extra) a labelled chart; without it a plain Pillow drawing.
+    """
+    done = [r for r in results if "test" in r]
+    rows = [(f"{r['variant']} ({r['balancing']})", paper_values(r), r["test"]) for r in done]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import matplotlib
+    except ImportError:
+        _plot_with_pillow(rows, path, title)
+        return
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = [("paper mIoU", 0, "mIoU", "#969696"), ("ours mIoU", 1, "mIoU", "#1f77b4"),
+              ("paper BF", 0, "BF", "#c8c8c8"), ("ours BF", 1, "BF", "#ff7f0e")]  # fmt: skip
+    fig, ax = plt.subplots(figsize=(10, 0.45 * len(rows) * 2 + 1.5))
+    height = 0.2
+    for k, (label, which, metric, colour) in enumerate(series):
+        ys = [i + (k - 1.5) * height for i in range(len(rows))]
+        ax.barh(ys, [row[1 + which][metric] for row in rows], height, label=label, color=colour)
+    ax.set_yticks(range(len(rows)), [row[0] for row in rows])
+    ax.invert_yaxis()
+    ax.set_xlabel("percent on CamVid test")
+    ax.set_xlim(0, 100)
+    ax.set_title(title)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, metadata={"Software": None})
+    plt.close(fig)
+
+
+def _plot_with_pillow(rows: list[tuple[str, dict, dict]], path: Path, title: str) -> None:
+    from PIL import Image, ImageDraw
+
+    from segnet.evaluation.figures import font
+
+    text = font(12)
+
+    width, bar, gap, left, top = 1100, 9, 14, 330, 56
+    height = top + len(rows) * (4 * bar + gap) + 48
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    scale = (width - left - 40) / 100
+    colours = {"paper mIoU": (150, 150, 150), "ours mIoU": (31, 119, 180), "paper BF": (200, 200, 200),
+               "ours BF": (255, 127, 14)}  # fmt: skip
+    draw.text((10, 10), title, fill="black", font=text)
+    for i, (label, colour) in enumerate(colours.items()):  # the legend on its own line, under the title
+        draw.rectangle([10 + i * 150, 30, 22 + i * 150, 42], fill=colour)
+        draw.text((26 + i * 150, 30), label, fill="black", font=text)
+    y = top
+    for name, paper, ours in rows:
+        draw.text((10, y + bar), name, fill="black", font=text)
+        for value, colour in ((paper["mIoU"], colours["paper mIoU"]), (ours["mIoU"], colours["ours mIoU"]),
+                              (paper["BF"], colours["paper BF"]), (ours["BF"], colours["ours BF"])):  # fmt: skip
+            draw.rectangle([left, y, left + max(1, value * scale), y + bar - 2], fill=colour)
+            draw.text((left + value * scale + 4, y - 2), f"{value:.1f}", fill="black", font=text)
+            y += bar
+        y += gap
+    for tick in range(0, 101, 20):
+        x = left + tick * scale
+        draw.line([x, height - 40, x, height - 36], fill="black")
+        draw.text((x - 6, height - 32), str(tick), fill="black", font=text)
+    draw.text((left, height - 18), "percent on CamVid test", fill="black", font=text)
+    image.save(path)
+
+
+def paper_values(result: dict) -> dict[str, float]:
+    return paper_row(result["variant"] + ("/natural" if result["balancing"] == "natural" else "")).values()
+
+
+def write_if_changed(path: Path, text: str) -> bool:
+    """Write ``text`` unless the file already holds it (a cached re-run leaves the checkout untouched)."""
+    if path.exists() and path.read_text() == text:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return True
+
+
+def reproducing_command(args: argparse.Namespace, budget: Budget) -> str:
+    """The command line that gives these results: the options that change them, in a fixed order."""
+    parts = ["python reproduce/table1.py"]
+    if args.full:
+        parts.append("--full")
+    for flag, value in (("--variants", args.variants), ("--balancing", args.balancing),
+                        ("--iterations", args.iterations), ("--batch-size", args.batch_size),
+                        ("--val-every", args.val_every)):  # fmt: skip
+        if value is not None and value != {"--variants": ",".join(VARIANTS), "--balancing": "median,natural"}.get(flag):
+            parts.append(f"{flag} {value}")
+    if args.image_size:
+        parts.append(f"--image-size {args.image_size[0]},{args.image_size[1]}")
+    if args.fp32:
+        parts.append("--fp32")
+    if args.tag:
+        parts.append(f"--tag {args.tag}")
+    return " ".join(parts)
+
+
+def recorded_hardware(results: list[dict]) -> str:
+    """The machines the results were computed on, as each job recorded it."""
+    machines = sorted({r.get("hardware", "not recorded") for r in results})
+    return "; ".join(machines) if machines else hardware()
+
+
+MIB = 2**20
+
+
+def row_state_bytes(variant: str) -> int:
+    """Bytes a cut row's state takes: last.pt (weights and momentum) and best.pt, plus logs."""
+    model = build_model(model_name(variant))
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    momentum = sum(p.numel() * p.element_size() for p in model.parameters())
+    return 2 * weights + momentum + MIB // 4

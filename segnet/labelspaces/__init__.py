@@ -1,5 +1,0 @@
-"""One module per label space: each defines ``LABEL_SPACE`` (a :class:`segnet.labels.LabelSpace`).
-
-``segnet.labels.get_label_space(name)`` finds them by their ``name``; a new data
-set's classes are one new file here (or a JSON file given to the commands).
-"""
