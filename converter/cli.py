@@ -24,8 +24,8 @@ EPILOG = """\
 examples:
   python -m converter segnet.prototxt segnet.caffemodel -o segnet.pt
       convert; print the layer table; write segnet.pt (load it with converter.load)
-  python -m converter segnet.prototxt
-      no weights: build the net with the prototxt's fillers (to train from scratch)
+  python -m converter segnet.prototxt -o segnet_init.pt
+      no weights: build the net with the prototxt's fillers (to train from scratch); write segnet_init.pt
   python -m converter net.prototxt net.caffemodel --input data=image.npy --dump blobs.npz
       run one forward pass and save every blob
   python -m converter net.prototxt net.caffemodel --input inputs.npz --compare caffe_blobs.npz
@@ -44,8 +44,10 @@ disagrees. Reference keys: <blob>, diff:<blob>, param_diff:<layer>:<i>,
 param:<layer>:<i> (the weights), test:<blob> (a TEST-phase pass); inputs may
 hold top_diff:<blob> arrays (the gradient injected into that blob).
 
-A checkpoint is written when -o is given, or when neither --dump nor --compare
-is.
+A checkpoint is written when -o names one, or in the plain form
+NET.prototxt WEIGHTS.caffemodel (without --dump, --compare or --summary-json):
+then as the WEIGHTS name with .pt, in the current folder. Without weights, or
+with any of those options, no checkpoint is written unless -o names one.
 
 Exit status: 0 success (consistent with Caffe), 1 not consistent, 2 bad input.
 """
@@ -60,8 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("prototxt", help="network definition (.prototxt; current or legacy V1 syntax)")
     p.add_argument("weights", nargs="?", help="trained weights: .caffemodel, .caffemodel.gz or .caffemodel.h5")
-    p.add_argument("-o", "--output", help="checkpoint to write (default: WEIGHTS name with .pt, in the current "
-                   "folder, unless only --dump/--compare was asked; PROTOTXT name without weights)")  # fmt: skip
+    p.add_argument("-o", "--output", help="checkpoint to write (default: the WEIGHTS name with .pt, in the "
+                   "current folder, only in the plain form NET WEIGHTS: no --dump/--compare/--summary-json)")  # fmt: skip
     p.add_argument("--no-save", action="store_true", help="do not write a checkpoint")
     p.add_argument("--phase", choices=["TEST", "TRAIN"], default="TEST", help="Caffe phase to build (default TEST)")
     p.add_argument("--input-shape", action="append", default=[], metavar="NAME=N,C,H,W",
@@ -122,19 +124,34 @@ def load_inputs(specs: list[str]) -> dict[str, np.ndarray]:
     return arrays
 
 
-def default_output(args) -> Path:
-    source = Path(args.weights or args.prototxt)
-    name = source.name
-    for suffix in (".gz", ".h5", ".caffemodel", ".prototxt"):
+#: options that write or judge something besides a checkpoint
+OUTPUT_OPTIONS = ("dump", "compare", "compare_json", "summary_json")
+
+
+def default_output(weights: str) -> Path:
+    """The checkpoint of the plain form: the weight file's name with .pt, in the current folder."""
+    name = Path(weights).name
+    for suffix in (".gz", ".h5", ".caffemodel"):
         if name.endswith(suffix):
             name = name[: -len(suffix)]
     return Path(name + ".pt")
 
 
-def run(args) -> int:
-    out = Path(args.output) if args.output else default_output(args)
-    saving = bool(args.output or not (args.no_save or args.dump or args.compare))
-    refuse_overwriting_inputs([out if saving else None, args.dump, args.summary_json, args.compare_json],
+def writes_checkpoint(args: argparse.Namespace) -> bool:
+    """Whether this run writes a checkpoint: when -o names one, or in the plain form NET WEIGHTS.
+
+    A run that asks for a dump, a comparison or a summary, or one without
+    weights, must not leave a checkpoint (hundreds of MB) in the current folder.
+    """
+    if args.output:
+        return True
+    return bool(args.weights) and not args.no_save and not any(getattr(args, o) for o in OUTPUT_OPTIONS)
+
+
+def run(args: argparse.Namespace) -> int:
+    saving = writes_checkpoint(args)
+    out = Path(args.output or default_output(args.weights)) if saving else None
+    refuse_overwriting_inputs([out, args.dump, args.summary_json, args.compare_json],
                               [args.prototxt, args.weights, args.compare, *input_files(args.input)])  # fmt: skip
     shapes = dict(parse_shape(s) for s in args.input_shape)
     inputs = load_inputs(args.input)
@@ -169,6 +186,8 @@ def run(args) -> int:
     if saving:
         checkpoint.save(net, out, {"prototxt": str(args.prototxt), "weights": str(args.weights or "")})
         print(f"wrote {out} (load with converter.load('{out}'))")
+    elif not (args.no_save or args.dump or args.compare):  # a conversion without -o: say how to keep the net
+        print("no checkpoint written (-o OUT.pt writes one)")
     return status
 
 

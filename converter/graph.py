@@ -355,7 +355,7 @@ class CaffeNet(nn.Module):
                     entry.name,
                 )
             for i, (blob, shape) in enumerate(zip(entry.blobs, expected)):
-                if not _shape_matches(blob.shape, blob.legacy, shape):
+                if not shape_matches(blob.shape, blob.legacy, shape):
                     raise CaffeFormatError(
                         f"blob {i} has shape {list(blob.shape)} in the weights but the prototxt implies {list(shape)}",
                         weights.path,
@@ -398,7 +398,8 @@ def _check_single_producers(inputs: Sequence[str], layers: Sequence[caffe_pb2.La
             producer.setdefault(top, f"layer '{layer.name}'")
 
 
-def _shape_matches(blob_shape: tuple[int, ...], legacy: bool, expected: tuple[int, ...]) -> bool:
+def shape_matches(blob_shape: tuple[int, ...], legacy: bool, expected: tuple[int, ...]) -> bool:
+    """Whether a weight file's blob fits the shape the prototxt implies, by Caffe's rule."""
     if not legacy:
         return tuple(blob_shape) == tuple(expected)
     # Legacy 4-D shapes are compared with the expected shape padded to 4-D with leading ones.

@@ -518,14 +518,74 @@ def compare(
     values the reference computed outside Caffe. Raises ``ValueError`` when
     nothing can be compared or the arrays do not fit the net.
     """
-    derived = dict(derived or {})
-    report = Report()
     feed = {k: v for k, v in inputs.items() if ":" not in k and k in net.input_shapes}
+    judging = _Judging(net, reference, dict(derived or {}), feed)
+    request, test_keys = _sort_reference_keys(judging, inputs, test_net)
+    parts = _plan_parts(net, reference, request) if layer_by_layer else {}
+    # Blobs the parts read from the whole net's run rather than from Caffe: that run must keep them.
+    side = sorted({b for part, _ in parts.values() for b in part.side_reads})
+    exact, runs, rounding = _judge_whole_net(judging, request, side)
+    _judge_parts(judging, parts, [exact, *runs], rounding)
+    if test_keys:
+        _judge_test_pass(judging, test_net, test_keys)
+    return judging.report
+
+
+#: float32 runs: one plain, JITTERED_RUNS with rounding noise
+_NOISE_RUNS = 1 + JITTERED_RUNS
+
+#: the arrays of one run, by reference key or blob name
+Arrays = dict[str, np.ndarray]
+
+
+@dataclass
+class _Judging:
+    """What the phases of ``compare`` share: the reference, the report they fill, float64 copies of the nets."""
+
+    net: CaffeNet
+    reference: Mapping[str, np.ndarray]
+    derived: dict[str, Derived]
+    feed: dict[str, np.ndarray]
+    report: Report = field(default_factory=Report)
+    exact_nets: dict[int, CaffeNet] = field(default_factory=dict)
+    index_blobs: set[str] = field(init=False)  # compared as indices: the main net's, also in the TEST pass
+
+    def __post_init__(self) -> None:
+        self.index_blobs = self.net.index_blob_names  # taken once: it walks every layer
+
+    def exact_net(self, of: CaffeNet) -> CaffeNet:
+        """``of`` in float64, copied once (every phase runs the same exact net)."""
+        if id(of) not in self.exact_nets:
+            self.exact_nets[id(of)] = copy.deepcopy(of).double()
+        return self.exact_nets[id(of)]
+
+    def judge(self, key: str, name: str, exact: Arrays, runs: Sequence[Arrays], scope: str) -> None:
+        """Add the check of reference ``key`` against our ``name`` in the exact run and the noise runs."""
+        ref, ours = self.reference[key], exact[name]
+        if ours.size != ref.size:
+            self.report.checks.append(Check(key, "values", scope, math.inf, 0.0, math.inf,
+                                            f"shape {list(ours.shape)} here, {list(ref.shape)} in the reference"))
+            return
+        ref, noise = ref.reshape(ours.shape), [r[name] for r in runs]
+        if name in self.index_blobs or (name in self.derived and self.derived[name].kind == "indices"):
+            self.report.checks.append(judge_indices(key, ref, ours, noise, scope))
+        else:
+            kind = "gradient" if ":" in name else "values"
+            self.report.checks.append(judge_values(key, ref, ours, noise, scope, kind))
+
+
+def _sort_reference_keys(judging: _Judging, inputs: Mapping[str, np.ndarray],
+                         test_net: CaffeNet | None) -> tuple[Request, list[str]]:  # fmt: skip
+    """What to run for the reference: the request on the net and the keys of a TEST pass.
+
+    Weights (``param:``) are judged here, as they need no run; keys that name
+    nothing of the net are listed as unmatched.
+    """
+    net, reference, derived, report = judging.net, judging.reference, judging.derived, judging.report
     top_diffs = {k.split(":", 1)[1]: v for k, v in inputs.items() if k.startswith("top_diff:")}
     unknown_diffs = sorted(set(top_diffs) - set(net.blob_shapes))
     if unknown_diffs:
         raise ValueError(f"top_diff given for {unknown_diffs}, which this net does not have")
-
     request = Request(top_diffs=top_diffs)
     test_keys: list[str] = []
     for key in reference:
@@ -544,83 +604,92 @@ def compare(
             test_keys.append(key)
         else:
             report.unmatched.append(key)
-    if request.backward and not net.loss_weights and not top_diffs:
+    _check_comparable(net, request, test_keys, report)
+    return request, test_keys
+
+
+def _check_comparable(net: CaffeNet, request: Request, test_keys: Sequence[str], report: Report) -> None:
+    """Refuse a reference that gives gradients without a loss, or that matches nothing."""
+    if request.backward and not net.loss_weights and not request.top_diffs:
         raise ValueError("the reference holds gradients, but this net has no loss layer (build it in the TRAIN phase) "
                          "and the inputs hold no top_diff:<blob> arrays")  # fmt: skip
     if not (request.blobs or request.derived or request.backward or test_keys or report.checks):
         listing = ", ".join(report.unmatched[:8]) + (", ..." if len(report.unmatched) > 8 else "")
         raise ValueError(f"no reference key names a blob, gradient or parameter of this net ({listing})")
 
-    index_blobs = net.index_blob_names
-    exact_nets: dict[int, CaffeNet] = {}
 
-    def exact_net(of: CaffeNet) -> CaffeNet:
-        if id(of) not in exact_nets:
-            exact_nets[id(of)] = copy.deepcopy(of).double()
-        return exact_nets[id(of)]
+#: parts judged layer by layer: their steps' keys -> (the part, the reference blobs it recomputes)
+Parts = dict[tuple[str, ...], tuple[Segment, list[str]]]
 
-    def judge(key: str, name: str, exact, runs, scope: str):
-        ref, ours = reference[key], exact[name]
-        if ours.size != ref.size:
-            report.checks.append(Check(key, "values", scope, math.inf, 0.0, math.inf,
-                                       f"shape {list(ours.shape)} here, {list(ref.shape)} in the reference"))
-            return
-        ref, noise = ref.reshape(ours.shape), [r[name] for r in runs]
-        if name in index_blobs or (name in derived and derived[name].kind == "indices"):
-            report.checks.append(judge_indices(key, ref, ours, noise, scope))
-        else:
-            report.checks.append(judge_values(key, ref, ours, noise, scope, "gradient" if ":" in name else "values"))
 
-    # Layer by layer, on Caffe's own inputs: which parts, and what they read from the whole net's run.
-    segments: dict[tuple[str, ...], tuple[Segment, list[str]]] = {}
-    if layer_by_layer:
-        available = {k for k in reference if k in net.blob_shapes}
-        for blob in request.blobs:
-            part = segment(net, blob, available - {blob})
-            if part is not None:
-                segments.setdefault(tuple(s.key for s in part.steps), (part, []))[1].append(blob)
-    side = sorted({b for part, _ in segments.values() for b in part.side_reads})
+def _plan_parts(net: CaffeNet, reference: Mapping[str, np.ndarray], request: Request) -> Parts:
+    """Which parts of the net run alone on Caffe's own blobs, and which reference blobs each recomputes."""
+    parts: Parts = {}
+    available = {k for k in reference if k in net.blob_shapes}
+    for blob in request.blobs:
+        part = segment(net, blob, available - {blob})
+        if part is not None:
+            parts.setdefault(tuple(s.key for s in part.steps), (part, []))[1].append(blob)
+    return parts
 
-    # The whole net.
-    exact, runs, rounding = {}, [], None
-    if request.blobs or request.derived or request.backward:
-        wanted = set(request.blobs) | set(top_diffs) | {d.source for d in request.derived.values()} | set(side)
-        steps, needed = net.plan(set(net.blob_shapes) if request.backward else wanted)
-        missing = [n for n in needed if n not in feed]
-        if missing:
-            raise ValueError(f"the inputs lack {missing}")
-        whole = Request(request.blobs + [b for b in side if b not in request.blobs], request.diffs,
-                        request.param_diffs, request.derived, top_diffs)  # fmt: skip
-        exact, runs, rounding = _runs(net, exact_net(net), steps, whole, [feed] * (1 + _NOISE_RUNS))
-        keys = request.blobs + list(request.derived) + [f"diff:{d}" for d in request.diffs]
-        keys += [f"param_diff:{layer}:{i}" for layer, i in request.param_diffs]
-        for key in keys:
-            judge(key, key, exact, runs, "net")
 
-    for part, blobs in segments.values():
+def _judge_whole_net(judging: _Judging, request: Request,
+                     side: Sequence[str]) -> tuple[Arrays, list[Arrays], Rounding | None]:  # fmt: skip
+    """Run the whole net on the inputs and judge the requested blobs and gradients.
+
+    It also keeps the ``side`` blobs the parts read from this run. Returns
+    (exact arrays, noise runs' arrays, measured rounding); empty when nothing
+    asks for the whole net.
+    """
+    if not (request.blobs or request.derived or request.backward):
+        return {}, [], None
+    net, feed = judging.net, judging.feed
+    wanted = set(request.blobs) | set(request.top_diffs) | {d.source for d in request.derived.values()} | set(side)
+    steps, needed = net.plan(set(net.blob_shapes) if request.backward else wanted)
+    missing = [n for n in needed if n not in feed]
+    if missing:
+        raise ValueError(f"the inputs lack {missing}")
+    whole = Request(request.blobs + [b for b in side if b not in request.blobs], request.diffs,
+                    request.param_diffs, request.derived, request.top_diffs)  # fmt: skip
+    exact, runs, rounding = _runs(net, judging.exact_net(net), steps, whole, [feed] * (1 + _NOISE_RUNS))
+    keys = request.blobs + list(request.derived) + [f"diff:{d}" for d in request.diffs]
+    keys += [f"param_diff:{layer}:{i}" for layer, i in request.param_diffs]
+    for key in keys:
+        judging.judge(key, key, exact, runs, "net")
+    return exact, runs, rounding
+
+
+def _judge_parts(judging: _Judging, parts: Parts, whole_runs: Sequence[Arrays], rounding: Rounding | None) -> None:
+    """Run each part alone on Caffe's blobs (and the whole net's ``whole_runs`` for its side reads) and judge it."""
+    net, reference, feed = judging.net, judging.reference, judging.feed
+    for part, blobs in parts.values():
         caffe = {b: _as_blob(reference[b] if b in reference else feed[b], net.blob_shapes[b]) for b in part.caffe_reads}
-        givens = [{**caffe, **{b: run[b] for b in part.side_reads}} for run in [exact, *runs]]
-        part_exact, part_runs, rounding = _runs(net, exact_net(net), part.steps, Request(blobs=blobs), givens, rounding)
-        first, final = part.steps[0].name, part.steps[-1].name
-        scope = first if len(part.steps) == 1 else f"{first}..{final} ({len(part.steps)} layers)"
-        caffe_reads = [b for b in part.caffe_reads if b in reference]
-        own = f" and this net's {', '.join(part.side_reads)}" if part.side_reads else ""
+        givens = [{**caffe, **{b: run[b] for b in part.side_reads}} for run in whole_runs]
+        part_exact, part_runs, rounding = _runs(net, judging.exact_net(net), part.steps, Request(blobs=blobs), givens,
+                                                rounding)  # fmt: skip
+        scope = _part_scope(part, reference)
         for blob in blobs:
-            judge(blob, blob, part_exact, part_runs, f"{scope} on Caffe's {', '.join(caffe_reads)}{own}")
-
-    # A TEST-phase pass of the same inputs.
-    if test_keys:
-        names = [k.split(":", 1)[1] for k in test_keys]
-        steps, _ = test_net.plan(set(names))
-        test_feed = {k: v for k, v in feed.items() if k in test_net.input_shapes}
-        exact, runs, _ = _runs(test_net, exact_net(test_net), steps, Request(blobs=names), [test_feed] * (1 + _NOISE_RUNS))
-        for key, name in zip(test_keys, names):
-            judge(key, name, exact, runs, "TEST net")
-    return report
+            judging.judge(blob, blob, part_exact, part_runs, scope)
 
 
-#: float32 runs: one plain, JITTERED_RUNS with rounding noise
-_NOISE_RUNS = 1 + JITTERED_RUNS
+def _part_scope(part: Segment, reference: Mapping[str, np.ndarray]) -> str:
+    """How the report names a part: its layers and the blobs it was given."""
+    first, final = part.steps[0].name, part.steps[-1].name
+    scope = first if len(part.steps) == 1 else f"{first}..{final} ({len(part.steps)} layers)"
+    caffe_reads = [b for b in part.caffe_reads if b in reference]
+    own = f" and this net's {', '.join(part.side_reads)}" if part.side_reads else ""
+    return f"{scope} on Caffe's {', '.join(caffe_reads)}{own}"
+
+
+def _judge_test_pass(judging: _Judging, test_net: CaffeNet, test_keys: Sequence[str]) -> None:
+    """Run ``test_net`` (the TEST phase) on the same inputs and judge the ``test:<blob>`` keys."""
+    names = [k.split(":", 1)[1] for k in test_keys]
+    steps, _ = test_net.plan(set(names))
+    test_feed = {k: v for k, v in judging.feed.items() if k in test_net.input_shapes}
+    exact, runs, _ = _runs(test_net, judging.exact_net(test_net), steps, Request(blobs=names),
+                           [test_feed] * (1 + _NOISE_RUNS))  # fmt: skip
+    for key, name in zip(test_keys, names):
+        judging.judge(key, name, exact, runs, "TEST net")
 
 
 def _runs(net: CaffeNet, exact_net: CaffeNet, steps: Sequence[Step], request: Request,

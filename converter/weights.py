@@ -4,7 +4,7 @@ gzip-compressed) and Caffe's HDF5 weight files.
 A caffemodel is a serialized ``NetParameter`` whose layers carry their
 parameter blobs. Turning a protobuf ``repeated float`` of tens of millions of
 values into numpy through the protobuf runtime costs seconds, so the blobs are
-found by walking the protobuf wire format directly and their packed float
+found by walking the protobuf wire format directly (``wire``) and their packed float
 payloads are viewed in place with ``numpy.frombuffer``. Everything else in a
 layer (name, type) is small and parsed by the regular message classes.
 
@@ -28,6 +28,8 @@ from caffe_proto import caffe_pb2
 
 from . import budget
 from .errors import CaffeFormatError, UserError
+from .wire import (WIRE_32BIT, WIRE_64BIT, WIRE_LEN, WIRE_VARINT, Truncated, iter_fields, read_varint,
+                   reencode_field)
 
 GZIP_MAGIC = b"\x1f\x8b"
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -44,8 +46,6 @@ _NET_LAYER, _NET_LAYERS_V1 = 100, 2
 _LAYER_BLOBS, _V1_LAYER_BLOBS = 7, 6
 _BLOB_NUM, _BLOB_CHANNELS, _BLOB_HEIGHT, _BLOB_WIDTH = 1, 2, 3, 4
 _BLOB_DATA, _BLOB_DIFF, _BLOB_SHAPE, _BLOB_DOUBLE_DATA, _BLOB_DOUBLE_DIFF = 5, 6, 7, 8, 9
-
-_WIRE_VARINT, _WIRE_64BIT, _WIRE_LEN, _WIRE_32BIT = 0, 1, 2, 5
 
 _GZIP_CHUNK = 16 << 20  # inflate this much at a time, so that the limit is checked as the data grows
 
@@ -148,65 +148,15 @@ def _looks_like_text(raw: bytes) -> bool:
     return all(ch.isprintable() or ch in "\r\n\t" for ch in text)
 
 
-# --------------------------------------------------------------------- wire format
-
-
-class _Truncated(Exception):
-    pass
-
-
-def _varint(buf: memoryview, pos: int, end: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= end:
-            raise _Truncated
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
-        if shift > 63:
-            raise DecodeError("varint longer than 10 bytes")
-
-
-def _fields(buf: memoryview, start: int, end: int):
-    """Yield (field number, wire type, value or (start, end) span) over a message."""
-    pos = start
-    while pos < end:
-        key, pos = _varint(buf, pos, end)
-        number, wire = key >> 3, key & 7
-        if number == 0:
-            raise DecodeError("field number 0")
-        if wire == _WIRE_VARINT:
-            value, pos = _varint(buf, pos, end)
-            yield number, wire, value
-        elif wire == _WIRE_LEN:
-            length, pos = _varint(buf, pos, end)
-            if pos + length > end:
-                raise _Truncated
-            yield number, wire, (pos, pos + length)
-            pos += length
-        elif wire == _WIRE_32BIT:
-            if pos + 4 > end:
-                raise _Truncated
-            yield number, wire, (pos, pos + 4)
-            pos += 4
-        elif wire == _WIRE_64BIT:
-            if pos + 8 > end:
-                raise _Truncated
-            yield number, wire, (pos, pos + 8)
-            pos += 8
-        else:
-            raise DecodeError(f"unsupported wire type {wire}")
+# --------------------------------------------------------------------- caffemodel messages
 
 
 def _parse_net_binary(buf: memoryview, path: Path) -> dict[str, LayerWeights]:
     layers: dict[str, LayerWeights] = {}
     index = 0
     try:
-        for number, wire, value in _fields(buf, 0, len(buf)):
-            if number in (_NET_LAYER, _NET_LAYERS_V1) and wire == _WIRE_LEN:
+        for number, wire, value in iter_fields(buf, 0, len(buf)):
+            if number in (_NET_LAYER, _NET_LAYERS_V1) and wire == WIRE_LEN:
                 v1 = number == _NET_LAYERS_V1
                 layer = _parse_layer(buf, *value, v1=v1, path=path, index=index)
                 index += 1
@@ -214,7 +164,7 @@ def _parse_net_binary(buf: memoryview, path: Path) -> dict[str, LayerWeights]:
                     raise CaffeFormatError("layer name appears twice in the weights", path, layer.name)
                 if layer.name not in layers or layer.blobs:
                     layers[layer.name] = layer
-    except _Truncated:
+    except Truncated:
         raise CaffeFormatError(
             "truncated caffemodel (the file ends inside a message)", path
         ) from None
@@ -229,11 +179,11 @@ def _parse_layer(buf: memoryview, start: int, end: int, v1: bool, path: Path, in
     blob_field = _V1_LAYER_BLOBS if v1 else _LAYER_BLOBS
     rest = bytearray()  # the layer without its blobs, for the message parser
     blob_spans = []
-    for number, wire, value in _fields(buf, start, end):
-        if number == blob_field and wire == _WIRE_LEN:
+    for number, wire, value in iter_fields(buf, start, end):
+        if number == blob_field and wire == WIRE_LEN:
             blob_spans.append(value)
         else:
-            rest += _reencode(buf, number, wire, value)
+            rest += reencode_field(buf, number, wire, value)
     message = caffe_pb2.V1LayerParameter() if v1 else caffe_pb2.LayerParameter()
     try:
         message.ParseFromString(bytes(rest))
@@ -248,44 +198,17 @@ def _parse_layer(buf: memoryview, start: int, end: int, v1: bool, path: Path, in
     return LayerWeights(name, type_name, blobs)
 
 
-def _reencode(buf: memoryview, number: int, wire: int, value) -> bytes:
-    out = bytearray(_encode_varint((number << 3) | wire))
-    if wire == _WIRE_VARINT:
-        out += _encode_varint(value)
-    elif wire == _WIRE_LEN:
-        s, e = value
-        out += _encode_varint(e - s)
-        out += buf[s:e]
-    else:
-        s, e = value
-        out += buf[s:e]
-    return bytes(out)
-
-
-def _encode_varint(value: int) -> bytes:
-    value &= (1 << 64) - 1
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
 def _parse_blob(buf: memoryview, start: int, end: int, path: Path, layer: str, index: int) -> Blob:
     legacy = [0, 0, 0, 0]
     has_legacy = False
     shape: list[int] | None = None
     chunks: list[np.ndarray] = []
     double_chunks: list[np.ndarray] = []
-    for number, wire, value in _fields(buf, start, end):
-        if number in (_BLOB_NUM, _BLOB_CHANNELS, _BLOB_HEIGHT, _BLOB_WIDTH) and wire == _WIRE_VARINT:
+    for number, wire, value in iter_fields(buf, start, end):
+        if number in (_BLOB_NUM, _BLOB_CHANNELS, _BLOB_HEIGHT, _BLOB_WIDTH) and wire == WIRE_VARINT:
             legacy[number - 1] = _as_int32(value)
             has_legacy = True
-        elif number == _BLOB_SHAPE and wire == _WIRE_LEN:
+        elif number == _BLOB_SHAPE and wire == WIRE_LEN:
             shape = _parse_shape(buf, *value)
         elif number == _BLOB_DATA:
             chunks.append(_floats(buf, wire, value, "<f4"))
@@ -323,15 +246,15 @@ def _as_int32(value: int) -> int:
 
 def _parse_shape(buf: memoryview, start: int, end: int) -> list[int]:
     dims: list[int] = []
-    for number, wire, value in _fields(buf, start, end):
+    for number, wire, value in iter_fields(buf, start, end):
         if number != 1:
             continue
-        if wire == _WIRE_LEN:  # packed
+        if wire == WIRE_LEN:  # packed
             pos, stop = value
             while pos < stop:
-                dim, pos = _varint(buf, pos, stop)
+                dim, pos = read_varint(buf, pos, stop)
                 dims.append(dim)
-        elif wire == _WIRE_VARINT:
+        elif wire == WIRE_VARINT:
             dims.append(value)
     return [d - (1 << 64) if d >= 1 << 63 else d for d in dims]
 
@@ -339,7 +262,7 @@ def _parse_shape(buf: memoryview, start: int, end: int) -> list[int]:
 def _floats(buf: memoryview, wire: int, span: tuple[int, int], dtype: str) -> np.ndarray:
     start, end = span
     width = np.dtype(dtype).itemsize
-    if wire not in (_WIRE_LEN, _WIRE_32BIT if width == 4 else _WIRE_64BIT):
+    if wire not in (WIRE_LEN, WIRE_32BIT if width == 4 else WIRE_64BIT):
         raise DecodeError("blob data with an unexpected wire type")
     if (end - start) % width:
         raise DecodeError("packed blob data of a length that is not a whole number of values")

@@ -15,13 +15,7 @@ import numpy as np
 from caffe_proto import caffe_pb2
 
 from .atomic import atomic_write
-from .weights import _encode_varint
-
-_LEN = 2
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    return _encode_varint((number << 3) | _LEN) + _encode_varint(len(payload)) + payload
+from .wire import length_delimited
 
 
 def blob_bytes(array: np.ndarray, shape: Sequence[int] | None = None) -> bytes:
@@ -29,7 +23,7 @@ def blob_bytes(array: np.ndarray, shape: Sequence[int] | None = None) -> bytes:
     shape = tuple(array.shape) if shape is None else tuple(shape)
     blob_shape = caffe_pb2.BlobShape(dim=list(shape)).SerializeToString()
     data = np.ascontiguousarray(array, dtype="<f4").tobytes()
-    return _field(7, blob_shape) + _field(5, data)
+    return length_delimited(7, blob_shape) + length_delimited(5, data)
 
 
 def layer_bytes(layer: caffe_pb2.LayerParameter, blobs: Iterable[np.ndarray]) -> bytes:
@@ -37,7 +31,7 @@ def layer_bytes(layer: caffe_pb2.LayerParameter, blobs: Iterable[np.ndarray]) ->
     bare = caffe_pb2.LayerParameter()
     bare.CopyFrom(layer)
     del bare.blobs[:]
-    return bare.SerializeToString() + b"".join(_field(7, blob_bytes(b)) for b in blobs)
+    return bare.SerializeToString() + b"".join(length_delimited(7, blob_bytes(b)) for b in blobs)
 
 
 def write_caffemodel(
@@ -49,7 +43,7 @@ def write_caffemodel(
         if name:
             f.write(caffe_pb2.NetParameter(name=name).SerializeToString())
         for layer, blobs in layers:
-            f.write(_field(100, layer_bytes(layer, blobs)))
+            f.write(length_delimited(100, layer_bytes(layer, blobs)))
 
     atomic_write(path, write)
 

@@ -84,6 +84,28 @@ def test_dump_selected_blobs_and_summary_json(oracle_dir, tmp_path):
     assert info["total_params"] == 8 * 27 + 8 + 5 * 8 + 5
 
 
+def test_summary_json_without_output_writes_no_checkpoint(oracle_dir, tmp_path):
+    result = run_cli(oracle_dir / "v1_mini.prototxt", oracle_dir / "v1_mini.caffemodel", "--summary-json", "s.json",
+                     "-q", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert json.loads((tmp_path / "s.json").read_text())["layers"]
+    assert not list(tmp_path.rglob("*.pt")), "only -o or the plain NET WEIGHTS form writes a checkpoint"
+
+
+def test_plain_form_writes_the_default_checkpoint(oracle_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main([str(oracle_dir / "v1_mini.prototxt"), str(oracle_dir / "v1_mini.caffemodel"), "-q"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v1_mini.pt"]
+    assert "wrote v1_mini.pt" in capsys.readouterr().out
+
+
+def test_net_without_weights_or_output_writes_nothing(oracle_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main([str(oracle_dir / "v1_mini.prototxt"), "-q"]) == 0
+    assert not list(tmp_path.iterdir())
+    assert "no checkpoint written" in capsys.readouterr().out
+
+
 def test_prototxt_without_weights_is_filled(prototxt_dir, tmp_path, capsys):
     out = tmp_path / "basic.pt"
     code = main([str(prototxt_dir / "Models" / "segnet_basic_train.prototxt"), "--phase", "TRAIN",

@@ -16,7 +16,7 @@ import torch
 from caffe_proto import caffe_pb2
 from converter import CaffeNet, parse_net_text
 from converter.fillers import fill
-from converter.graph import _shape_matches
+from converter.graph import shape_matches
 from converter.layers.accuracy import topk_larger_index_first
 from converter.layers.pooling import avg_pool2d, max_pool2d, pool_output_size
 from converter.layers.softmax import softmax_with_loss
@@ -272,9 +272,9 @@ def test_v1_layers_are_upgraded():
 
 
 def test_legacy_blob_shapes_pad_to_four_axes():
-    assert _shape_matches((1, 1, 1, 64), True, (64,))
-    assert not _shape_matches((1, 1, 1, 64), False, (64,))
-    assert _shape_matches((64, 3, 7, 7), True, (64, 3, 7, 7))
+    assert shape_matches((1, 1, 1, 64), True, (64,))
+    assert not shape_matches((1, 1, 1, 64), False, (64,))
+    assert shape_matches((64, 3, 7, 7), True, (64, 3, 7, 7))
 
 
 def test_deconvolution_and_group_convolution_shapes():
