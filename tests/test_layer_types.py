@@ -5,7 +5,7 @@
 - TRAIN cases of the layer-type vectors: the loss and every recorded
   gradient against Caffe's, in float32 and with the net in float64.
 - Each layer-type case also runs with the net converted to float64.
-- The registry covers caffe-segnet's types, and README's table lists them.
+- The registry covers caffe-segnet's types, and docs/layers.md's table lists them.
 - A generated ENet-style net builds with the shapes Caffe's rules give, and
   a small one (undilated: caffe-segnet's schema lacks dilation) computes
   caffe-segnet's losses, blobs and gradients (tests/data/enet_style_caffe).
@@ -135,7 +135,7 @@ def test_layer_case_in_float64(case):
         assert err <= FORWARD_TOL, f"{name}: scaled max error {err:.2e}"
 
 
-# ---------------------------------------------------------------- registry, schema, README
+# ---------------------------------------------------------------- registry, schema, docs/layers.md
 
 
 def test_every_caffe_segnet_type_is_converted_or_refused():
@@ -161,19 +161,19 @@ def test_parameter_defaults_are_caffe_segnets():
     assert layer.hinge_loss_param.norm == caffe_pb2.HingeLossParameter.L1
 
 
-def _readme_table_types() -> set[str]:
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    start = text.index("Layer types:")
-    table = text[start : text.index("\n\n", text.index("| type |", start))]
+def _layers_doc_table_types() -> set[str]:
+    text = (ROOT / "docs" / "layers.md").read_text(encoding="utf-8")
+    start = text.index("| type |")
+    table = text[start : text.index("\n\n", start)]
     first_cells = [line.split("|")[1] for line in table.splitlines() if line.startswith("| `")]
     return {name for cell in first_cells for name in re.findall(r"`(\w+)`", cell)}
 
 
-def test_readme_table_lists_exactly_the_handled_types():
-    listed = _readme_table_types()
+def test_layers_doc_table_lists_exactly_the_handled_types():
+    listed = _layers_doc_table_types()
     handled = set(LAYER_TYPES) | DATA_LAYER_TYPES | set(REFUSED_TYPES)
-    assert sorted(handled - listed) == [], "types missing from README's table"
-    assert sorted(listed - handled) == [], "README's table names types nothing handles"
+    assert sorted(handled - listed) == [], "types missing from docs/layers.md's table"
+    assert sorted(listed - handled) == [], "docs/layers.md's table names types nothing handles"
 
 
 # ---------------------------------------------------------------- an ENet-style net, shapes by Caffe's rules

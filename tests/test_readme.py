@@ -1,9 +1,10 @@
 """README's commands, run as a new user runs them on the shipped example, leave the checkout as it was.
 
 The quick start is read from README itself (its first code block, without
-the install steps); the other commands are those of README's tables with
-their placeholders filled and small ``--limit`` values. Every output goes
-where README says, and ``git status`` must not change.
+the install steps); the other commands are those of README's command tour
+with their placeholders filled and small ``--limit`` values, and README must
+name each of them. Every output goes where README says, and ``git status``
+must not change.
 """
 
 from __future__ import annotations
@@ -34,11 +35,9 @@ def status() -> set[str]:
     return set(result.stdout.splitlines())
 
 
-def test_readme_commands_keep_the_checkout_clean(shared_dir, camvid_dir, oracle_dir):
-    env = dict(os.environ, SEGNET_SHARED=str(shared_dir))
-    commands = quick_start()
-    assert commands[0].startswith("python -m converter ") and commands[1].startswith("python -m segnet.predict ")
-    commands += [
+def tour(oracle_dir: Path | str) -> list[str]:
+    """The commands of README's tour, as a new user fills them in on the example."""
+    commands = [
         "python -m segnet.evaluate --model segnet_basic_camvid.pt --limit 2 --no-progress",
         "python -m segnet.train --init segnet_basic_camvid.pt --iterations 1 --batch-size 2 --limit 2 --val-every 0"
         " --no-progress",
@@ -53,6 +52,28 @@ def test_readme_commands_keep_the_checkout_clean(shared_dir, camvid_dir, oracle_
     ]
     if _has("onnxscript"):
         commands.append("python -m segnet.onnx_export segnet_basic_camvid.pt runs/model.onnx")
+    return commands
+
+
+def _head(command: str) -> str:
+    """What README must show of a command: ``python -m MODULE``, or ``python SCRIPT`` with an option right after it."""
+    words = command.split()
+    if words[1] == "-m" or (len(words) > 2 and words[2].startswith("--")):
+        return " ".join(words[:3])
+    return " ".join(words[:2])
+
+
+def test_readme_names_every_command_the_test_runs():
+    text = (ROOT / "README.md").read_text()
+    commands = tour("ORACLE") + ["python -m segnet.onnx_export MODEL runs/model.onnx"]
+    assert [_head(c) for c in commands if f"`{_head(c)}" not in text] == []
+
+
+def test_readme_commands_keep_the_checkout_clean(shared_dir, camvid_dir, oracle_dir):
+    env = dict(os.environ, SEGNET_SHARED=str(shared_dir))
+    commands = quick_start()
+    assert commands[0].startswith("python -m converter ") and commands[1].startswith("python -m segnet.predict ")
+    commands += tour(oracle_dir)
     made = [ROOT / "segnet_basic_camvid.pt", ROOT / "0001TP_008550_segmentation.png", ROOT / "runs"]
     existed = {p for p in made if p.exists()}
     before = status()
