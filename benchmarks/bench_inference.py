@@ -75,7 +75,7 @@ class PlainSegNet(nn.Module):
 
     def __init__(self, readable):
         super().__init__()
-        from segnet.models.layers import bn_to_pytorch
+        from segnet.models.surgery import bn_to_pytorch
 
         self.arch = readable.arch
         self.norm = readable.norm
@@ -282,7 +282,7 @@ def prepare_weights(name: str, folder: Path) -> str:
     from segnet.models.checkpoint import save_model
     from segnet.deploy.caffe_export import export_caffe
     from segnet.models.family import segnet, segnet_basic
-    from segnet.models.layers import convert_bn
+    from segnet.models.surgery import convert_bn
     from segnet.models.weights import load_caffe_weights
 
     build = {"segnet": segnet, "segnet-basic": segnet_basic}[name]

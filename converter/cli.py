@@ -148,7 +148,7 @@ def writes_checkpoint(args: argparse.Namespace) -> bool:
     return bool(args.weights) and not args.no_save and not any(getattr(args, o) for o in OUTPUT_OPTIONS)
 
 
-def run(args: argparse.Namespace) -> int:
+def _command(args: argparse.Namespace) -> int:
     saving = writes_checkpoint(args)
     out = Path(args.output or default_output(args.weights)) if saving else None
     refuse_overwriting_inputs([out, args.dump, args.summary_json, args.compare_json],
@@ -274,7 +274,7 @@ def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.filterwarnings("ignore", message=".*NumPy array is not writable.*")
-    return run_command(lambda: run(args))
+    return run_command(lambda: _command(args))
 
 
 if __name__ == "__main__":

@@ -48,8 +48,9 @@ class CaffeFormatError(UserError):
 def run_command(body: Callable[[], int | None], prog: str | None = None) -> int:
     """Run a command's body with the shared error path; returns the exit status.
 
-    ``UserError`` -> ``error: <one line>`` on stderr, status 2; running out of
-    memory all the same (the memory limit, ``converter.budget``, should
+    ``UserError`` -> ``error: <one line>`` on stderr, status 2; a file-system
+    error (a missing input, an unwritable output folder: the user's to fix)
+    as a ``UserError`` naming the file; running out of memory all the same (the memory limit, ``converter.budget``, should
     refuse such input first). Ctrl-C -> 130. Warnings print as one line,
     ``warning: ...``. Anything else is a bug in this project and keeps its
     traceback.
@@ -63,6 +64,9 @@ def run_command(body: Callable[[], int | None], prog: str | None = None) -> int:
             return 0 if status is None else int(status)
         except UserError as exc:
             print(f"{prefix}error: {exc}", file=sys.stderr)
+            return 2
+        except OSError as exc:
+            print(f"{prefix}error: {UserError(exc.strerror or str(exc), exc.filename)}", file=sys.stderr)
             return 2
         except MemoryError:
             print(f"{prefix}error: out of memory (the input is too large for this machine; see --memory-limit)",

@@ -45,11 +45,11 @@ from pathlib import Path
 import torch
 
 import experiment
-from converter.errors import UserError
+from converter.errors import UserError, run_command
 from experiment import MIB, row_state_bytes
 from packing import PACK, STATE, verify
 from segnet.models.checkpoint import load_model
-from segnet.cli import add_common_options, add_data_option, data_root, run
+from segnet.cli import add_common_options, add_data_option, data_root
 from segnet.models.family import count_parameters
 from segnet.models.registry import build_model
 from segnet.devices import pick_device
@@ -294,7 +294,7 @@ def _interrupted(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def run_command(args: argparse.Namespace) -> int:
+def run_rows(args: argparse.Namespace) -> int:
     if not args.data:
         args.data = str(PACK / "CamVid") if (PACK / "CamVid").is_dir() else data_root(None)
     default = ROOT / "runs" / "device-tiny" if args.tiny else None
@@ -403,7 +403,7 @@ def _rows(text: str) -> list[tuple[str, str]]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run(lambda: run_command(args) if args.command == "run" else collect_command(args))
+    return run_command(lambda: run_rows(args) if args.command == "run" else collect_command(args))
 
 
 if __name__ == "__main__":

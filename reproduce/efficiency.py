@@ -24,7 +24,8 @@ import time
 
 import torch
 
-from segnet.cli import add_common_options, run
+from converter.errors import run_command
+from segnet.cli import add_common_options
 from segnet.training.loss import segnet_loss
 from segnet.deploy.measure import current_rss_mb, peak_rss_mb, reset_peak_rss
 from segnet.evaluation.paper import TABLE6_SEGNET
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
     add_common_options(p)  # accepted for uniform scripting; this script prints one line per model
     args = p.parse_args(argv)
-    return run(lambda: _command(args))
+    return run_command(lambda: _command(args))
 
 
 def _command(args: argparse.Namespace) -> int:

@@ -19,7 +19,8 @@ import sys
 from pathlib import Path
 
 import converter
-from segnet.cli import add_common_options, add_data_option, data_root, run
+from converter.errors import run_command
+from segnet.cli import add_common_options, add_data_option, data_root
 from segnet.models.caffe_graph import CaffeSegmenter
 from segnet.data.datasets import SegmentationDataset
 from segnet.models.mc_dropout import dropout_layers, dropout_sampling
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     add_common_options(p)
     args = p.parse_args(argv)
-    return run(lambda: _command(args))
+    return run_command(lambda: _command(args))
 
 
 def _command(args: argparse.Namespace) -> int:

@@ -26,7 +26,8 @@ import experiment
 from packing import PACK
 
 from segnet.models.checkpoint import load_model
-from segnet.cli import add_common_options, data_root, run
+from converter.errors import run_command
+from segnet.cli import add_common_options, data_root
 from segnet.training.config import TrainConfig
 from segnet.training.loop import train
 
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(args.seeds.split(",")) < 2:
         parser.error("--seeds needs at least two seeds: the spread needs them")
     args.image_size = experiment.CPU_BUDGET.image_size
-    return run(lambda: _main(args))
+    return run_command(lambda: _main(args))
 
 
 def _main(args: argparse.Namespace) -> int:

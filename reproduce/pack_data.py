@@ -28,7 +28,8 @@ import sys
 from pathlib import Path
 
 from packing import MIB, PACK, TRAVEL_LIMIT, pack, travel_report
-from segnet.cli import add_common_options, add_data_option, data_root, run
+from converter.errors import run_command
+from segnet.cli import add_common_options, add_data_option, data_root
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--check", action="store_true", help="only report what a device call would carry")
     add_common_options(p)
     args = p.parse_args(argv)
-    return run(lambda: _command(args))
+    return run_command(lambda: _command(args))
 
 
 def _command(args: argparse.Namespace) -> int:

@@ -37,11 +37,11 @@ from pathlib import Path
 
 import torch
 
-from converter.errors import UserError
+from converter.errors import UserError, run_command
 from experiment import (BALANCINGS, CPU_BUDGET, PAPER_BUDGET, RESULTS, SCRATCH, Budget, assemble_table,
                         bf16_available, plot, recorded_hardware, reproducing_command, run_job, write_if_changed,
                         write_report)
-from segnet.cli import add_common_options, add_data_option, data_root, parse_size, run
+from segnet.cli import add_input_size_option, add_common_options, add_data_option, data_root
 from segnet.models.variants import VARIANTS
 
 
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--balancing", default="median,natural", help="median, natural or both (default)")
     p.add_argument("--iterations", type=int)
     p.add_argument("--batch-size", type=int)
-    p.add_argument("--image-size", type=parse_size, metavar="H,W")
+    add_input_size_option(p, "image_size")
     p.add_argument("--val-every", type=int)
     p.add_argument("--fp32", action="store_true", help="no bf16 autocast even where the hardware has it")
     p.add_argument("--device", default="auto")
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
                    "out a changed budget)")
     add_common_options(p)
     args = p.parse_args(argv)
-    return run(lambda: _command(args, argv))
+    return run_command(lambda: _command(args, argv))
 
 
 def _command(args: argparse.Namespace, argv: list[str] | None) -> int:

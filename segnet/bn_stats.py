@@ -37,14 +37,14 @@ from converter import CaffeNet
 from converter.atomic import refuse_overwriting_inputs
 from converter.writer import save_caffemodel
 
-from segnet.cli import add_common_options, add_data_option, data_root, parse_size
-from segnet.cli import run as run_command
+from segnet.cli import add_input_size_option, add_common_options, add_data_option, data_root
+from converter.errors import run_command
 from segnet.data.datasets import SegmentationDataset
 from segnet.data.labels import label_space_for
-from segnet.models.bn_statistics import caffe_runner, compute_bn_statistics, fold_statistics, learn_bns
+from segnet.models.surgery import caffe_runner, compute_bn_statistics, fold_statistics, learn_bns
 from segnet.models.caffe_graph import declared_input_size, num_outputs
 from segnet.models.checkpoint import load_model, save_model
-from segnet.models.layers import convert_bn
+from segnet.models.surgery import convert_bn
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -61,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
                    "(default: the model's)")  # fmt: skip
     p.add_argument("--split", default="train", help="split to gather statistics on (default train)")
     p.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default 4, as SegNet-Tutorial's training nets)")
-    p.add_argument("--image-size", type=parse_size, metavar="H,W",
+    add_input_size_option(p, "image_size",
                    help="resize images to this (default: the size the model declares, else as stored)")
     p.add_argument("--unbiased-variance", action="store_true", help="apply the m/(m-1) correction (not in the released weights)")
     p.add_argument("--limit", type=int, help="use only the first N images")

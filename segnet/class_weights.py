@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from segnet.cli import add_common_options, add_data_option, data_root, run
+from converter.errors import run_command
+from segnet.cli import add_common_options, add_data_option, data_root
 from segnet.data.labels import get_label_space
 from segnet.training.class_weights import format_table, split_class_statistics
 
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(split_class_statistics(data_root(args.data), space, args.split), space, args.split))
         return 0
 
-    return run(command)
+    return run_command(command)
 
 
 if __name__ == "__main__":

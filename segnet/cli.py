@@ -1,10 +1,8 @@
-"""What every command of the project shares: the error path and a few option types.
+"""What every command of the project shares: the data and reference folders and a few option types.
 
-Each command's ``main`` runs its body through :func:`run`, which is
-``converter.run_command`` (a :class:`~converter.UserError` becomes one line,
-``error: ...``, and exit status 2) plus one translation: a file-system error
-(a missing input, an unwritable output folder) is the user's to fix, so it
-becomes a ``UserError`` naming the file instead of a traceback.
+Each command's ``main`` runs its body through ``converter.errors.run_command``
+(a :class:`~converter.UserError` or a file-system error becomes one line,
+``error: ...``, and exit status 2).
 """
 
 from __future__ import annotations
@@ -12,12 +10,11 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Callable
 
 from converter.budget import add_memory_option
-from converter.errors import UserError, run_command
+from converter.errors import UserError
 
-Size = tuple[int, int]  # (height, width)
+from segnet.data.resize import Size
 
 #: The one environment variable that says where the reference data lives (CamVid/, oracle/, prototxt/);
 #: the tests and every script read it. Without it: a folder ``shared`` beside the project.
@@ -45,18 +42,6 @@ def add_data_option(parser: argparse.ArgumentParser) -> None:
                         f"(default: ${SHARED_ENV}/CamVid, else ../shared/CamVid)")  # fmt: skip
 
 
-def run(body: Callable[[], int | None], prog: str | None = None) -> int:
-    """Run a command's body with the shared error path; returns the exit status."""
-
-    def guarded() -> int | None:
-        try:
-            return body()
-        except OSError as exc:
-            raise UserError(exc.strerror or str(exc), exc.filename) from None
-
-    return run_command(guarded, prog)
-
-
 def parse_size(text: str) -> Size:
     """An ``H,W`` (or ``HxW``) option value as (height, width)."""
     parts = text.replace("x", ",").split(",")
@@ -67,6 +52,12 @@ def parse_size(text: str) -> Size:
     if height < 1 or width < 1:
         raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
     return height, width
+
+
+def add_input_size_option(parser: argparse.ArgumentParser, dest: str = "input_size", help: str | None = None) -> None:
+    """``--input-size H,W``, the size images are resized to; ``--image-size`` and ``--size`` are its other names."""
+    parser.add_argument("--input-size", "--image-size", "--size", dest=dest, type=parse_size, metavar="H,W",
+                        help=help)  # fmt: skip
 
 
 def positive_int(text: str) -> int:

@@ -29,7 +29,8 @@ from pathlib import Path
 
 from converter.atomic import refuse_overwriting_inputs, staged_outputs
 
-from segnet.cli import add_common_options, add_data_option, data_root, parse_size, run
+from converter.errors import run_command
+from segnet.cli import add_input_size_option, add_common_options, add_data_option, data_root
 from segnet.data.datasets import SegmentationDataset
 from segnet.data.labels import label_space_for
 from segnet.devices import pick_device
@@ -54,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     source.add_argument("--predictions", help="folder of prediction PNGs named like the labels")
     parser.add_argument("--labels", help="label space: a name (camvid, sun-rgbd), a class count or a JSON file "
                         "(default: the model's, else camvid)")
-    parser.add_argument("--input-size", type=parse_size, metavar="H,W",
+    add_input_size_option(parser, "input_size",
                         help="resize images to this before the model (default: the size the model declares)")
     parser.add_argument("--out", help="folder for prediction PNGs (palette mode) and report.json")
     parser.add_argument("--limit", type=int, help="evaluate only the first N images")
@@ -68,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    return run(lambda: _command(args))
+    return run_command(lambda: _command(args))
 
 
 def _command(args: argparse.Namespace) -> int:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from converter.layers.data import DEFAULT_IMAGE_SIZE
 from converter import CaffeNet
 from converter.atomic import refuse_overwriting_inputs
-from converter.errors import UserError
+from converter.errors import UserError, run_command
 
-from segnet.cli import add_common_options, parse_size, run
+from segnet.cli import add_input_size_option, add_common_options
 from segnet.deploy.caffe_export import export_caffe, export_graph
 from segnet.models.caffe_graph import declared_input_size
 from segnet.models.checkpoint import load_model
@@ -27,13 +28,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("checkpoint", help="a segnet checkpoint (python -m segnet.train) or a converted Caffe net")
     p.add_argument("--prototxt", required=True, help="network definition to write")
     p.add_argument("--caffemodel", required=True, help="weights to write")
-    p.add_argument("--input-size", type=parse_size, metavar="H,W",
+    add_input_size_option(p, "input_size",
                    help="H,W the prototxt declares (default: the size the model declares, else 360,480)")
     p.add_argument("--bn-mode", choices=["inference", "learn"], default="inference",
                    help="inference: fold BN statistics in (deployable, default); learn: batch-statistics BN")  # fmt: skip
     add_common_options(p)
     args = p.parse_args(argv)
-    return run(lambda: _command(args))
+    return run_command(lambda: _command(args))
 
 
 def _command(args: argparse.Namespace) -> int:
@@ -48,7 +49,7 @@ def _command(args: argparse.Namespace) -> int:
                             args.checkpoint)  # fmt: skip
         export_graph(model, args.prototxt, args.caffemodel)
     elif in_segnet_family(model):
-        size = args.input_size or declared_input_size(model) or (360, 480)
+        size = args.input_size or declared_input_size(model) or DEFAULT_IMAGE_SIZE
         export_caffe(model, args.prototxt, args.caffemodel, size, args.bn_mode)
     else:
         raise UserError(f"{type(model).__name__} does not export to caffe-segnet files (the SegNet family and "

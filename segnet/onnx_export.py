@@ -17,11 +17,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from converter.layers.data import DEFAULT_IMAGE_SIZE
 from converter import CaffeNet
 from converter.atomic import refuse_overwriting_inputs, staged_outputs
-from converter.errors import UserError
+from converter.errors import UserError, run_command
 
-from segnet.cli import add_common_options, parse_size, run
+from segnet.cli import add_input_size_option, add_common_options
 from segnet.deploy.onnx import INSTALL_HINT, require_exporter, check_image, check_with_onnxruntime, export_onnx
 from segnet.models.caffe_graph import declared_input_size
 from segnet.models.checkpoint import load_model
@@ -32,13 +33,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m segnet.onnx_export", description=__doc__.splitlines()[0])
     p.add_argument("model", help="segnet checkpoint or converted Caffe net (.pt)")
     p.add_argument("output", help="ONNX file to write")
-    p.add_argument("--input-size", type=parse_size, metavar="H,W",
+    add_input_size_option(p, "input_size",
                    help="input size (default: the size the model declares, else 360,480)")  # fmt: skip
     p.add_argument("--check-image", help="image to compare onnxruntime with PyTorch on (default: the example "
                    "CamVid image)")  # fmt: skip
     add_common_options(p)
     args = p.parse_args(argv)
-    return run(lambda: _command(args))
+    return run_command(lambda: _command(args))
 
 
 def _command(args: argparse.Namespace) -> int:
@@ -51,7 +52,7 @@ def _command(args: argparse.Namespace) -> int:
             raise UserError("ONNX export takes SegNet-family nets (no readable model computes this converted net)",
                             args.model)  # fmt: skip
         model = twin
-    size = args.input_size or declared_input_size(model) or (360, 480)
+    size = args.input_size or declared_input_size(model) or DEFAULT_IMAGE_SIZE
     output = Path(args.output)
     with staged_outputs(output.parent) as staging:  # the file (and a weights sidecar) whole, or nothing
         export_onnx(model, staging / output.name, size)

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from segnet.models.caffe_graph import as_segmenter, declared_input_size, num_outputs
 from segnet.models.checkpoint import load_model
-from segnet.cli import add_common_options, parse_size, run
+from segnet.cli import add_input_size_option, add_common_options
 from segnet.evaluation.core import labels_from_output
 from segnet.evaluation.figures import map_with_legend
 from segnet.data.imageio import load_image
@@ -35,7 +35,7 @@ from segnet.data.labels import label_space_for
 from segnet.models.mc_dropout import dropout_layers, dropout_sampling, mc_dropout_predict, samples_by_default
 from segnet.data.resize import Size, resize_nearest
 from converter.atomic import refuse_overwriting_inputs, staged_outputs
-from converter.errors import UserError
+from converter.errors import UserError, run_command
 
 
 @torch.no_grad()
@@ -66,14 +66,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("model", help="a converted Caffe net (python -m converter) or a trained segnet checkpoint")
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("-o", "--out", default=".", help="folder for <name>_segmentation.png (default: current folder)")
-    p.add_argument("--size", type=parse_size, metavar="H,W",
+    add_input_size_option(p, "size",
                    help="resize images to this before the network (default: the model's input size)")  # fmt: skip
     p.add_argument("--labels", help="label space for the palette: a name, a class count or a JSON file "
                    "(default: the model's)")  # fmt: skip
     p.add_argument("--mc-samples", type=int, default=0, help="Monte-Carlo dropout samples (Bayesian models)")
     add_common_options(p)
     args = p.parse_args(argv)
-    return run(lambda: _command(args))
+    return run_command(lambda: _command(args))
 
 
 def _command(args: argparse.Namespace) -> int:

@@ -42,9 +42,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from converter.errors import UserError
+from converter.errors import UserError, run_command
 
-from segnet.cli import add_common_options, add_data_option, data_root, parse_size, positive_int, run
+from segnet.cli import add_input_size_option, add_common_options, add_data_option, data_root, positive_int
 from segnet.models.registry import MODEL_NAMES
 from segnet.training.class_weights import BALANCINGS
 from segnet.training.config import TrainConfig
@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class-weights", choices=BALANCINGS,
                    help="loss weights: the label space's released ones (default when it has them), median frequency "
                         "from the data (default otherwise), or none")  # fmt: skip
-    p.add_argument("--image-size", type=parse_size, metavar="H,W",
+    add_input_size_option(p, "image_size",
                    help="resize images (default: the size the model declares, else as stored)")  # fmt: skip
     p.add_argument("--val-every", type=int, default=d.val_every, help="validate every N iterations; 0: never")
     p.add_argument("--val-split", default=d.val_split)
@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
     args.pop("memory_limit")  # applied while parsing (converter.budget)
-    return run(lambda: _command(TrainConfig(**args)))
+    return run_command(lambda: _command(TrainConfig(**args)))
 
 
 def _command(cfg: TrainConfig) -> int:

@@ -172,7 +172,7 @@ def _converted_basic(tmp_path: Path, size=(24, 32)) -> Path:
     from helpers import randomize_bn_statistics
     from segnet.deploy.caffe_export import export_caffe
     from segnet.models.family import segnet_basic
-    from segnet.models.layers import convert_bn
+    from segnet.models.surgery import convert_bn
 
     torch.manual_seed(0)
     model = convert_bn(randomize_bn_statistics(segnet_basic().eval()), "inference")

@@ -28,7 +28,7 @@ from segnet.export import main as export_main
 from segnet.predict import main as predict_main
 from segnet.train import main as train_main
 from segnet.models.family import segnet_basic
-from segnet.models.layers import convert_bn
+from segnet.models.surgery import convert_bn
 
 SIZE = (24, 32)
 

@@ -593,10 +593,10 @@ def test_resize_touches_only_the_rows_it_needs():
 
     image = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
     # the formula of the full-image pass, for comparison
-    from segnet.data.resize import _linear_taps
+    from segnet.data.resize import linear_taps
 
-    x0, x1, a0, a1 = _linear_taps(53, 20, clamp_weight=True)
-    y0, y1, b0, b1 = _linear_taps(37, 11, clamp_weight=False)
+    x0, x1, a0, a1 = linear_taps(53, 20, clamp_weight=True)
+    y0, y1, b0, b1 = linear_taps(37, 11, clamp_weight=False)
     src = image.astype(np.int64)
     rows = src[:, x0] * a0[None, :, None] + src[:, x1] * a1[None, :, None]
     full = (((rows[y0] >> 4) * b0[:, None, None]) >> 16) + (((rows[y1] >> 4) * b1[:, None, None]) >> 16)

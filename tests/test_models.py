@@ -16,7 +16,7 @@ import torch
 from helpers import make_tiny_camvid, randomize_bn_statistics
 
 import converter
-from segnet.models.bn_statistics import compute_bn_statistics, fold_statistics
+from segnet.models.surgery import compute_bn_statistics, fold_statistics
 from segnet.models.checkpoint import load_model, save_model
 from segnet.training.class_weights import class_weights
 from segnet.deploy.caffe_export import export_caffe
@@ -24,7 +24,8 @@ from segnet.training.loss import segnet_loss
 from segnet.data.labels import get_label_space
 from segnet.models.mc_dropout import mc_dropout_predict
 from segnet.models.family import bayesian_segnet_basic, segnet, segnet_basic
-from segnet.models.layers import CaffeBN, bn_to_caffe, bn_to_pytorch, convert_bn, fold_bn
+from segnet.models.layers import CaffeBN
+from segnet.models.surgery import bn_to_caffe, bn_to_pytorch, convert_bn, fold_bn
 from segnet.models.registry import MODEL_NAMES, build_model
 from segnet.models.weights import WeightMismatchError, load_caffe_weights, readable_twin
 

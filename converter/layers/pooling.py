@@ -17,7 +17,6 @@ the sum runs over the real input only.
 
 from __future__ import annotations
 
-import math
 
 from caffe_proto import caffe_pb2
 

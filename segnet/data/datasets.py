@@ -18,7 +18,7 @@ from scipy import ndimage
 from torch.utils.data import Dataset
 
 from segnet.data.imageio import DataError, load_pair_u8
-from segnet.data.labels import LabelSpace, get_label_space
+from segnet.data.labels import DEFAULT_LABEL_SPACE, LabelSpace, get_label_space
 from segnet.data.resize import Size
 from segnet.data.splits import Sample, list_samples
 
@@ -83,7 +83,7 @@ class SegmentationDataset(Dataset):
         root: str | Path,
         split: str = "train",
         size: Size | None = None,
-        label_space: LabelSpace | str = "camvid",
+        label_space: LabelSpace | str = DEFAULT_LABEL_SPACE,
         lcn: bool = False,
         in_memory: bool = False,
         limit: int | None = None,

@@ -37,6 +37,9 @@ from PIL import Image
 
 from converter.errors import UserError
 
+#: The label space a model or data set has when nothing says otherwise: SegNet's CamVid.
+DEFAULT_LABEL_SPACE = "camvid"
+
 RGB = tuple[int, int, int]
 
 
@@ -202,6 +205,11 @@ def registered() -> dict[str, LabelSpace]:
         if isinstance(space, LabelSpace):
             spaces[space.name] = space
     return spaces
+
+
+def default_num_classes() -> int:
+    """The class scores a new model has when no count is given: the default label space's outputs."""
+    return get_label_space(DEFAULT_LABEL_SPACE).num_outputs
 
 
 def get_label_space(spec: str | LabelSpace) -> LabelSpace:

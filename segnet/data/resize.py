@@ -15,7 +15,7 @@ _COEF_BITS = 11  # OpenCV's INTER_RESIZE_COEF_BITS
 _COEF_SCALE = np.float32(1 << _COEF_BITS)
 
 
-def _linear_taps(src: int, dst: int, clamp_weight: bool) -> tuple[np.ndarray, ...]:
+def linear_taps(src: int, dst: int, clamp_weight: bool) -> tuple[np.ndarray, ...]:
     """Source indices and 11-bit weights of OpenCV's INTER_LINEAR along one axis.
 
     Half-pixel centres: ``f = (d + 0.5) * src/dst - 0.5``, computed in float32
@@ -52,8 +52,8 @@ def resize_bilinear(image: np.ndarray, size: Size) -> np.ndarray:
     height, width = size
     if (height, width) == image.shape[:2]:
         return image.copy()
-    x0, x1, a0, a1 = _linear_taps(image.shape[1], width, clamp_weight=True)
-    y0, y1, b0, b1 = _linear_taps(image.shape[0], height, clamp_weight=False)
+    x0, x1, a0, a1 = linear_taps(image.shape[1], width, clamp_weight=True)
+    y0, y1, b0, b1 = linear_taps(image.shape[0], height, clamp_weight=False)
     extra = (None,) * (image.ndim - 2)
     a0, a1 = a0[(None, slice(None), *extra)], a1[(None, slice(None), *extra)]
 

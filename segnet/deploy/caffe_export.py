@@ -18,13 +18,15 @@ from google.protobuf import text_format
 from torch import nn
 
 from caffe_proto import caffe_pb2
+from converter.layers.data import DEFAULT_IMAGE_SIZE
 from converter.functional import pool_output_size
 from converter.atomic import atomic_write
 from converter import CaffeNet
 from converter.writer import save_caffemodel, write_caffemodel
 
 from segnet.models.family import DROPOUT_RATIO, SegNet
-from segnet.models.layers import CaffeBN, bn_to_caffe
+from segnet.models.layers import CaffeBN
+from segnet.models.surgery import bn_to_caffe
 
 
 def _bn_blobs(module: nn.Module, mode: str) -> tuple[str, list[np.ndarray]]:
@@ -36,7 +38,7 @@ def _bn_blobs(module: nn.Module, mode: str) -> tuple[str, list[np.ndarray]]:
 
 
 def to_caffe(
-    model: SegNet, input_size: tuple[int, int] = (360, 480), bn_mode: str = "inference", batch: int = 1
+    model: SegNet, input_size: tuple[int, int] = DEFAULT_IMAGE_SIZE, bn_mode: str = "inference", batch: int = 1
 ) -> tuple[caffe_pb2.NetParameter, list[tuple[caffe_pb2.LayerParameter, list[np.ndarray]]]]:
     """The network definition and its (layer, blobs) entries for a caffemodel."""
     arch = model.arch
@@ -121,7 +123,7 @@ def export_caffe(
     model: SegNet,
     prototxt: str | Path,
     caffemodel: str | Path,
-    input_size: tuple[int, int] = (360, 480),
+    input_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
     bn_mode: str = "inference",
 ) -> None:
     """Write ``model`` as a caffe-segnet prototxt and caffemodel.

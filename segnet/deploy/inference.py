@@ -32,11 +32,14 @@ import copy
 import torch
 from torch import nn
 
+from converter.layers.data import DEFAULT_IMAGE_SIZE
 from converter.functional import max_pool2d, pool_output_size
 
 from segnet.models.family import SegNet, in_segnet_family
-from segnet.models.layers import MaxPoolIndices, Unpool, fold_bn
+from segnet.models.layers import MaxPoolIndices, Unpool
+from segnet.models.surgery import fold_bn
 from segnet.deploy.winograd import WinogradConv2d, is_winograd_eligible
+from segnet.models.surgery import replace_module
 
 #: Narrowest convolution (input and output channels) run by Winograd's F(2x2, 3x3) with ``winograd=True``.
 WINOGRAD_MIN_CHANNELS = 128
@@ -123,17 +126,14 @@ def optimize_for_inference(
         fold_bn(model)
     if compact_indices:
         for name, module in list(model.named_modules()):
-            parent, _, attr = name.rpartition(".")
-            owner = model.get_submodule(parent) if parent else model
             if isinstance(module, MaxPoolIndices) and module.kernel == (2, 2) and module.stride == (2, 2):
-                setattr(owner, attr, CompactMaxPool())
+                replace_module(model, name, CompactMaxPool())
             elif isinstance(module, Unpool):
-                setattr(owner, attr, CompactUnpool())
+                replace_module(model, name, CompactUnpool())
     if winograd:
         for name, module in list(model.named_modules()):
-            parent, _, attr = name.rpartition(".")
             if is_winograd_eligible(module) and min(module.in_channels, module.out_channels) >= WINOGRAD_MIN_CHANNELS:
-                setattr(model.get_submodule(parent) if parent else model, attr, WinogradConv2d(module))
+                replace_module(model, name, WinogradConv2d(module))
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     for p in model.parameters():
@@ -149,7 +149,7 @@ def optimize_for_inference(
     return BF16(model) if bf16 else model
 
 
-def index_memory(model: SegNet, size: tuple[int, int] = (360, 480), batch: int = 1) -> dict[str, int]:
+def index_memory(model: SegNet, size: tuple[int, int] = DEFAULT_IMAGE_SIZE, batch: int = 1) -> dict[str, int]:
     """Bytes of pooling indices one forward pass keeps: int64 (PyTorch), uint8 and 2-bit packed."""
     values = 0
     h, w = size

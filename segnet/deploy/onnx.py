@@ -24,9 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from converter.layers.data import DEFAULT_IMAGE_SIZE
 from converter.errors import UserError
 
 from segnet.models.layers import Unpool
+from segnet.models.surgery import replace_module
 
 OPSET = 18
 
@@ -66,7 +68,7 @@ def require_exporter() -> None:
             raise UserError(f"ONNX export needs the '{module}' package: {INSTALL_HINT}") from None
 
 
-def export_onnx(model: nn.Module, path: str | Path, input_size: tuple[int, int] = (360, 480)) -> None:
+def export_onnx(model: nn.Module, path: str | Path, input_size: tuple[int, int] = DEFAULT_IMAGE_SIZE) -> None:
     """Write ``model`` (fixed input 1 x C x H x W, output class scores) as ONNX.
 
     One self-contained file, unless the weights pass 2 GB: then they go to
@@ -76,8 +78,7 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: tuple[int, int] 
     model = copy.deepcopy(model).eval()
     for name, module in list(model.named_modules()):
         if isinstance(module, Unpool):
-            parent, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, attr, _TorchUnpool())
+            replace_module(model, name, _TorchUnpool())
     channels = next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels
     example = torch.rand(1, channels, *input_size, generator=torch.Generator().manual_seed(0)) * 255
     size = sum(t.numel() * t.element_size() for t in model.state_dict().values())

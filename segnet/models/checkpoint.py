@@ -32,8 +32,8 @@ from converter.errors import UserError
 from segnet.models.caffe_graph import CaffeSegmenter, declared_input_size
 from segnet.data.labels import LabelSpace
 from segnet.models.family import Architecture, SegNet
-from segnet.models.layers import CaffeBN
 from segnet.models.registry import build_model
+from segnet.models.surgery import apply_bn_layout, bn_layout
 
 FORMAT = "segnet-model"
 VERSION = 1
@@ -100,28 +100,6 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(payload, dict) or payload.get("format") not in (FORMAT, CONVERTED_FORMAT):
         raise CheckpointError("a torch file, but neither a segnet model checkpoint nor a converted Caffe net", path)
     return payload
-
-
-def bn_layout(model: nn.Module) -> dict[str, str]:
-    """Which BN kind each BN module is ("pytorch", or Caffe's mode "LEARN" / "INFERENCE"), to rebuild it."""
-    kinds = {}
-    for name, module in model.named_modules():
-        if isinstance(module, CaffeBN):
-            kinds[name] = module.mode
-        elif isinstance(module, nn.BatchNorm2d):
-            kinds[name] = "pytorch"
-    return kinds
-
-
-def apply_bn_layout(model: nn.Module, layout: dict[str, str]) -> nn.Module:
-    """Give ``model`` the BN kinds of ``layout`` (from :func:`bn_layout`); returns ``model``."""
-    modules = dict(model.named_modules())
-    for name, kind in layout.items():
-        if kind != "pytorch" and name in modules:
-            parent, _, attr = name.rpartition(".")
-            owner = model.get_submodule(parent) if parent else model
-            setattr(owner, attr, CaffeBN(modules[name].num_features, kind))
-    return model
 
 
 def save_model(path: str | Path, model: nn.Module, meta: dict[str, Any] | None = None,

@@ -25,6 +25,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from segnet.data.labels import default_num_classes
 from segnet.models.layers import LRN, BNKind, MaxPoolIndices, Unpool, make_bn
 
 
@@ -105,11 +106,12 @@ class SegNet(nn.Module):
     def __init__(
         self,
         arch: Architecture = SEGNET,
-        num_classes: int = 11,
+        num_classes: int | None = None,
         in_channels: int = 3,
         bn: BNKind = "pytorch",
     ):
         super().__init__()
+        num_classes = default_num_classes() if num_classes is None else num_classes
         self.arch, self.num_classes = arch, num_classes
         channels = self._build_encoder(in_channels, bn)
         self._build_decoder(channels, num_classes, bn)
@@ -232,22 +234,22 @@ def in_segnet_family(model: nn.Module) -> bool:
     return type(model) is SegNet
 
 
-def segnet(num_classes: int = 11, bn: BNKind = "pytorch", in_channels: int = 3) -> SegNet:
+def segnet(num_classes: int | None = None, bn: BNKind = "pytorch", in_channels: int = 3) -> SegNet:
     """SegNet: VGG-16 encoder, mirrored decoder, 3x3 classifier."""
     return SegNet(SEGNET, num_classes, in_channels, bn)
 
 
-def segnet_basic(num_classes: int = 11, bn: BNKind = "pytorch", in_channels: int = 3) -> SegNet:
+def segnet_basic(num_classes: int | None = None, bn: BNKind = "pytorch", in_channels: int = 3) -> SegNet:
     """SegNet-Basic: 4 x (7x7, 64) encoders and decoders, LRN input, 1x1 classifier."""
     return SegNet(SEGNET_BASIC, num_classes, in_channels, bn)
 
 
-def bayesian_segnet(num_classes: int = 11, bn: BNKind = "pytorch", in_channels: int = 3) -> SegNet:
+def bayesian_segnet(num_classes: int | None = None, bn: BNKind = "pytorch", in_channels: int = 3) -> SegNet:
     """SegNet with dropout after encoders 3-5 and decoders 5-3 (Bayesian SegNet)."""
     return SegNet(BAYESIAN_SEGNET, num_classes, in_channels, bn)
 
 
-def bayesian_segnet_basic(num_classes: int = 11, bn: BNKind = "pytorch", in_channels: int = 3) -> SegNet:
+def bayesian_segnet_basic(num_classes: int | None = None, bn: BNKind = "pytorch", in_channels: int = 3) -> SegNet:
     """SegNet-Basic with dropout after encoders 3-4 and decoders 4-3 (Bayesian SegNet-Basic)."""
     return SegNet(BAYESIAN_SEGNET_BASIC, num_classes, in_channels, bn)
 

@@ -35,7 +35,6 @@ from torch import nn
 
 from converter import CaffeNet
 from converter.errors import UserError
-from converter.functional import batch_moments
 from converter.layers.batchnorm import BN as CaffeGraphBN
 from converter.layers.batchnorm import BatchNorm as CaffeGraphBatchNorm
 
@@ -184,56 +183,3 @@ def bn_notes(model: nn.Module) -> list[str]:
         notes.append(f"{modes['batchnorm']} BatchNorm layer(s) train as Caffe's: batch statistics while training, "
                      "their moving averages when evaluating")  # fmt: skip
     return notes
-
-
-@torch.no_grad()
-def unfold_inference_bn(model: nn.Module, images: torch.Tensor, batch_size: int = 4, limit: int = 64) -> str | None:
-    """Turn every INFERENCE-mode ``CaffeBN`` of a readable model into a PyTorch BatchNorm with the same outputs.
-
-    The folded form ``y = s * x + t`` lost the statistics BN needs to train.
-    They are measured again: the per-channel mean and (biased) variance of
-    each such layer's input over the first ``limit`` of ``images`` (averaged
-    over batches of ``batch_size``, as segnet.bn_stats does; the outputs are
-    kept whatever the statistics, which only set where training starts). Then ``running_mean = mean``,
-    ``running_var = var``, ``weight = s * sqrt(var + eps)``, ``bias = t + s * mean``
-    computes ``s * x + t`` again in evaluation mode. Returns a note for the
-    user, or None when there was nothing to unfold.
-    """
-    folded = {name: m for name, m in model.named_modules() if isinstance(m, CaffeBN) and m.mode == "INFERENCE"}
-    if not folded or isinstance(model, CaffeSegmenter):
-        return None
-    sums = {name: [0.0, 0.0, 0] for name in folded}
-    hooks = []
-    for name, module in folded.items():
-
-        def record(mod, inputs, output, name=name):
-            mean, var = batch_moments(inputs[0].double())
-            entry = sums[name]
-            entry[0], entry[1], entry[2] = entry[0] + mean.view(-1), entry[1] + var.view(-1), entry[2] + 1
-
-        hooks.append(module.register_forward_hook(record))
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    images = images[:limit]
-    try:
-        for start in range(0, len(images), batch_size):
-            model(images[start : start + batch_size].float().to(device))
-    finally:
-        for hook in hooks:
-            hook.remove()
-        model.train(was_training)
-    for name, module in folded.items():
-        total_mean, total_var, count = sums[name]
-        mean, var = (total_mean / count).float(), (total_var / count).float()
-        bn = nn.BatchNorm2d(module.num_features).to(device)
-        scale, shift = module.scale.view(-1), module.shift.view(-1)
-        bn.running_mean.copy_(mean)
-        bn.running_var.copy_(var)
-        bn.weight.copy_(scale * torch.sqrt(var + bn.eps))
-        bn.bias.copy_(shift + scale * mean)
-        parent, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, attr, bn)
-    return (f"{len(folded)} BN layer(s) had their statistics folded in (INFERENCE mode): measured them again on "
-            f"{len(images)} training image(s) and made the layers PyTorch BatchNorm (same outputs when evaluating, "
-            "batch statistics while training)")

@@ -12,7 +12,7 @@ from segnet.models.variants import VARIANTS, build_variant
 MODEL_NAMES = list(MODELS) + [v for v in VARIANTS if v != "SegNet-Basic"]
 
 
-def build_model(name: str, num_classes: int = 11, bn: BNKind = "pytorch", in_channels: int = 3) -> nn.Module:
+def build_model(name: str, num_classes: int | None = None, bn: BNKind = "pytorch", in_channels: int = 3) -> nn.Module:
     """A new model by name ("segnet-basic", "FCN-Basic", ...), He-initialised.
 
     The model remembers its name (``registry_name``) and class count, so that
@@ -24,6 +24,5 @@ def build_model(name: str, num_classes: int = 11, bn: BNKind = "pytorch", in_cha
         model = build_variant(name, num_classes=num_classes, bn=bn, in_channels=in_channels)
     else:
         raise KeyError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
-    model.registry_name = name
-    model.num_classes = num_classes
+    model.registry_name = name  # (its class count is model.num_classes, set by the builder)
     return model

@@ -63,7 +63,7 @@ class UpsampleDecoderNet(SegNet):
 
     keeps_pooled = True
 
-    def __init__(self, num_classes: int = 11, in_channels: int = 3, bn: BNKind = "pytorch",
+    def __init__(self, num_classes: int | None = None, in_channels: int = 3, bn: BNKind = "pytorch",
                  addition: bool = True, dim_reduction: bool = True, learned: bool = True):  # fmt: skip
         self.addition, self.dim_reduction, self.learned = addition, dim_reduction, learned
         super().__init__(BASIC_ENCODER, num_classes, in_channels, bn)
@@ -123,7 +123,7 @@ BUILDERS = {  # in the order of the paper's Table 1
 VARIANTS = list(BUILDERS)
 
 
-def build_variant(name: str, num_classes: int = 11, bn: BNKind = "pytorch", in_channels: int = 3) -> nn.Module:
+def build_variant(name: str, num_classes: int | None = None, bn: BNKind = "pytorch", in_channels: int = 3) -> nn.Module:
     """One of the Table 1 networks, by the paper's name, He-initialised (deconvolutions bilinear)."""
     if name not in BUILDERS:
         raise KeyError(f"unknown variant {name!r}; choose from {', '.join(BUILDERS)}")

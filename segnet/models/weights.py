@@ -26,6 +26,7 @@ from converter.errors import UserError
 from segnet.models.caffe_graph import CaffeSegmenter
 from segnet.models.family import DROPOUT_RATIO, SEGNET, SEGNET_BASIC, Architecture, SegNet, decoder_name
 from segnet.models.layers import CaffeBN
+from segnet.models.surgery import replace_module
 
 
 class WeightMismatchError(UserError):
@@ -206,6 +207,5 @@ def _copy_bn(model: nn.Module, name: str, module: nn.Module, blobs: list[torch.T
     with torch.no_grad():
         bn.scale.copy_(blobs[0].view(1, -1, 1, 1))
         bn.shift.copy_(blobs[1].view(1, -1, 1, 1))
-    parent, _, attr = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, attr, bn)
+    replace_module(model, name, bn)
     return []

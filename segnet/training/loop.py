@@ -42,7 +42,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -59,7 +59,8 @@ from segnet.data.labels import LabelSpace
 from segnet.devices import pick_device
 from segnet.models.caffe_graph import CaffeSegmenter, declared_input_size
 from segnet.models.checkpoint import save_model
-from segnet.models.finetune import Start, bn_notes, starting_model, unfold_inference_bn
+from segnet.models.finetune import Start, bn_notes, starting_model
+from segnet.models.surgery import unfold_inference_bn
 from segnet.training.class_weights import class_weights
 from segnet.training.config import TrainConfig
 from segnet.training.loss import segnet_loss
@@ -178,7 +179,8 @@ def train(cfg: TrainConfig) -> dict:
               "label_space": space.name, "class_weights": balancing, "notes": start.notes})  # fmt: skip
     try:
         deadline = started + 60 * cfg.time_limit if cfg.time_limit is not None else None
-        summary = loop(run, model, optimizer, batches, weights, val_set, space, size, start_iter, best, meta, deadline)
+        job = Job(model, optimizer, batches, weights, val_set, space, size, start_iter, best, meta, deadline)
+        summary = loop(run, job)
     finally:
         if run.log:
             run.log.close()
@@ -187,11 +189,25 @@ def train(cfg: TrainConfig) -> dict:
     return summary
 
 
-def loop(run: Run, model: nn.Module, optimizer: torch.optim.Optimizer, batches: Batches,
-         weights: torch.Tensor | None, val_set: ValidationSet | None, space: LabelSpace,
-         size: tuple[int, int] | None, start_iter: int, best: dict | None, meta: dict[str, Any],
-         deadline: float | None = None) -> dict:  # fmt: skip
-    """SGD steps from ``start_iter`` to the configured count, with logging, validation and checkpoints.
+@dataclass
+class Job:
+    """What the loop trains, on what, and from where: :func:`train` builds it from the config."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    batches: Batches
+    class_weights: torch.Tensor | None  # per output id; None: no balancing
+    val_set: ValidationSet | None  # None: no validation, the last model is the result
+    label_space: LabelSpace
+    input_size: tuple[int, int] | None
+    start_iteration: int = 0  # a resumed run's, else 0
+    best: dict | None = None  # {"accuracy", "iteration"} of the best validation so far
+    meta: dict[str, Any] = field(default_factory=dict)  # saved with every checkpoint
+    deadline: float | None = None  # time.time() past which the run stops cleanly
+
+
+def loop(run: Run, job: Job) -> dict:
+    """SGD steps from the job's start iteration to the configured count, with logging, validation and checkpoints.
 
     The host waits for the device only every ``log_every`` iterations (the
     loss is summed on the device; a non-finite one is caught there), at
@@ -201,6 +217,9 @@ def loop(run: Run, model: nn.Module, optimizer: torch.optim.Optimizer, batches: 
     with ``last.pt`` written.
     """
     cfg = run.cfg
+    model, optimizer, batches, weights, val_set = job.model, job.optimizer, job.batches, job.class_weights, job.val_set
+    space, size, start_iter, best, meta, deadline = (job.label_space, job.input_size, job.start_iteration, job.best,
+                                                      job.meta, job.deadline)  # fmt: skip
     net = nn.parallel.DistributedDataParallel(model) if run.distributed else model
     net.train()
     step = Step(run, net, optimizer, weights, space)
