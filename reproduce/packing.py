@@ -1,23 +1,9 @@
-"""Pack CamVid train+val small enough to travel with the working tree to a device machine.
+"""The data pack that travels to a device machine: its folders, its size against the limit, its checks.
 
-A device machine receives the working tree plus named ignored folders, at
-most 64 MiB in all. CamVid's PNGs (train+val 119 MB) do not fit, and no
-lossless format measured here does either (train+val, 468 images:
-PNG at maximum compression 113 MiB, WebP lossless method 6 79 MiB, raw
-arrays through lzma with a delta filter 103 MiB). So images are stored as
-JPEG with full-resolution chroma (4:4:4) at the highest quality (at most 98)
-that fits beside the working tree, the labels and the resumable state of
-one cut Table 1 row; labels stay lossless PNG. The pack is an ordinary data
-folder (``<split>/images/*.jpg``, ``<split>/labels/*.png``), so every
-command reads it with ``--data device_data/CamVid``. The test split never
-travels: rows are scored here on the original test PNGs.
-
-``device_data/manifest.json`` records the format, the quality, the sizes,
-the error against the original pixels (PSNR, largest difference, share of
-values changed) and a checksum of the decoded pixels per split, which the
-device runner compares with what it decodes there.
-
-pack_data.py is the command that writes the pack; device.py reads it.
+Images as JPEG 4:4:4 at the best quality that fits, labels as lossless PNG,
+and a manifest with the error against the original pixels and a checksum of
+the decoded pixels per split. pack_data.py says why and writes the pack;
+device.py reads it and checks it with :func:`verify`.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ Why this form and no larger tile: the transforms of F(2x2, 3x3) have only
 exact additions and subtractions, and the kernel transform is done once in
 float64. Its float32 error against a float64 convolution stays within 2x
 that of a direct float32 convolution, max and RMS (the accuracy gate that
-tests/test_winograd.py checks on SegNet's layer shapes). Larger tiles
+tests/segnet/deploy/test_winograd.py checks on SegNet's layer shapes). Larger tiles
 (F(4x4, 3x3), F(6x6, 3x3)) save more arithmetic but multiply by 4, 5, 8
 and 1/24 in the transforms, and their float32 error is several times that
 of a direct convolution.

@@ -1,38 +1,12 @@
 """Training a SegNet model with the paper's recipe: the run, its loop and its step.
 
-Defaults follow the paper: SGD with a fixed learning rate of 0.1 and
-momentum 0.9, batches of 12, the training set shuffled every epoch, He
-initialisation, class-weighted cross-entropy normalised by the number of
-labelled pixels (void ignored), and model selection by the best global
-accuracy on the validation set, checked every ``--val-every`` iterations
-(and once before the first step) and scored at the labels' own size.
-Learning-rate and decay multipliers are Caffe's from SegNet-Tutorial's
-prototxts (biases: twice the rate, no weight decay), or a converted net's
-own ``param`` settings, and weight decay is its solver's 0.0005, as the
-paper does not state one.
-
-``--init`` fine-tunes any checkpoint: a converted Caffe net (trained as the
-readable model when one computes the same, else as the converted graph
-itself), or a segnet checkpoint; BN layers keep the mode they were saved in
-(see segnet.models.finetune). ``--labels`` (a label-space name, a class count or a
-JSON file) sets the classes; when their number differs from the
-checkpoint's, the classifier is re-initialised. Images are resized to
-``--image-size``, else to the size the model declares, else kept as stored.
-
-Training resumes from ``OUT/last.pt`` with ``--resume`` (an error when there is
-none, or when it was written with another model, label space, batch size,
-image size or seed; ``--resume auto`` starts afresh when there is none);
-``OUT/best.pt`` holds the selected model; ``OUT/log.jsonl`` one JSON line per
-log event, up to the iteration a resumed run continues from. Several
-GPUs (or CPU processes): ``torchrun --nproc_per_node N -m segnet.train ...``.
-``--time-limit MINUTES`` stops cleanly, ``last.pt`` written, for ``--resume``.
-
-The training split is held on the device as uint8 and batched there
-(segnet.training.resident), and the host waits for the device only every
-``--log-every`` iterations, when the summed loss is read and checked; on
-CUDA cuDNN picks its fastest algorithms, and ``--bf16``, ``--channels-last``
-and ``--compile`` (torch.compile) make steps faster still. The log's
-images/s count training time only.
+:func:`train` takes a :class:`~segnet.training.config.TrainConfig` and runs
+it: devices and processes (DDP under torchrun), the starting model
+(segnet.models.finetune), the data held on the device
+(segnet.training.resident), SGD with Caffe's multipliers
+(segnet.training.optim), validation and checkpoints, and resuming
+(segnet.training.resume). ``python -m segnet.train`` is its command; its
+help says what each setting does.
 """
 
 

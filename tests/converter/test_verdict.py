@@ -21,7 +21,7 @@ import converter
 from converter import verdict
 from converter.writer import save_caffemodel
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_cli(*args, cwd=None) -> subprocess.CompletedProcess:

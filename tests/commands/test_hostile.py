@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import make_tiny_camvid
+from support import make_tiny_camvid
 from PIL import Image
 
 import converter
@@ -39,7 +39,7 @@ from converter.errors import CaffeFormatError, UserError
 from converter.graph import DuplicateLayerNameWarning
 from converter.writer import write_caffemodel
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CAP = 3 << 30  # address space of a worker: torch alone maps about 1 GiB of it
 WORKERS = 2
 
@@ -396,7 +396,7 @@ def _run_workers(cases: list[dict], tmp: Path) -> list[dict]:
     def run(index: int) -> list[dict]:
         cases_file, results_file = tmp / f"cases{index}.json", tmp / f"results{index}.json"
         cases_file.write_text(json.dumps(groups[index]))
-        done = subprocess.run([sys.executable, str(ROOT / "tests" / "hostile_runner.py"), str(cases_file),
+        done = subprocess.run([sys.executable, str(Path(__file__).resolve().parent / "hostile_runner.py"), str(cases_file),
                                str(results_file), str(CAP)], capture_output=True, text=True, cwd=tmp, env=env,
                               timeout=600)  # fmt: skip
         assert done.returncode == 0, done.stderr[-3000:]

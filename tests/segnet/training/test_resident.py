@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import segnet.training.loop as training
-from helpers import make_tiny_camvid
+from support import make_tiny_camvid
 from segnet.models.checkpoint import read_checkpoint
 from segnet.data.labels import get_label_space
 from segnet.models.registry import build_model

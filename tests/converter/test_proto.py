@@ -12,7 +12,7 @@ from google.protobuf import text_format
 
 from caffe_proto import caffe_pb2
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # Field numbers that caffe-segnet's files depend on (from its caffe.proto).
 SEGNET_FIELDS = {

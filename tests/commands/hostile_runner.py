@@ -1,6 +1,6 @@
 """Run command-line cases in one process under an address-space cap (the corruption suite's worker).
 
-    python tests/hostile_runner.py CASES.json RESULTS.json CAP_BYTES
+    python tests/commands/hostile_runner.py CASES.json RESULTS.json CAP_BYTES
 
 CASES.json is a list of {"id", "command", "argv"}: "converter" is ``python
 -m converter``, "segnet.<name>" that command. Each case runs its command's
@@ -41,7 +41,7 @@ def _reset_peak() -> bool:
 def main() -> None:
     cases_file, results_file, cap = sys.argv[1], sys.argv[2], int(sys.argv[3])
     resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     import torch
 
     torch.set_num_threads(1)

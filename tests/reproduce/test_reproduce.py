@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from helpers import make_tiny_camvid
+from support import make_tiny_camvid
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 sys.path.insert(0, str(ROOT / "reproduce"))  # the scripts import each other as python reproduce/X.py runs them

@@ -14,7 +14,7 @@ from segnet.models.family import segnet, segnet_basic
 from segnet.models.layers import MaxPoolIndices, Unpool
 from segnet.models.weights import load_caffe_weights
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 EXAMPLE = ROOT / "examples" / "segnet_basic_camvid"
 
 

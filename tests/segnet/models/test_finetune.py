@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from helpers import randomize_bn_statistics
+from support import randomize_bn_statistics
 from PIL import Image
 
 import converter
@@ -163,7 +163,7 @@ def test_converted_graph_without_a_readable_model_trains(tmp_path, cli):
     assert "classifier was re-initialised for 4 outputs" in wider.stdout
 
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "segnet_basic_camvid"
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "segnet_basic_camvid"
 
 
 def test_lr_zero_keeps_the_converted_example_accuracy(tmp_path, cli, camvid_dir):

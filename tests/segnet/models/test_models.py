@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import make_tiny_camvid, randomize_bn_statistics
+from support import make_tiny_camvid, randomize_bn_statistics
 
 import converter
 from segnet.models.surgery import compute_bn_statistics, fold_statistics
@@ -29,7 +29,7 @@ from segnet.models.surgery import bn_to_caffe, bn_to_pytorch, convert_bn, fold_b
 from segnet.models.registry import MODEL_NAMES, build_model
 from segnet.models.weights import WeightMismatchError, load_caffe_weights, readable_twin
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 # ---------------------------------------------------------------- shapes

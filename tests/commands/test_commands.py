@@ -16,14 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import make_tiny_camvid
+from support import make_tiny_camvid
 from PIL import Image
 
 from caffe_proto import caffe_pb2
 from converter.writer import write_caffemodel
 from segnet import bn_stats, class_weights, evaluate, export, onnx_export, predict, train
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 NET = """name: "tiny"
 input: "data"
@@ -169,7 +169,7 @@ def test_solver_given_as_a_net_is_named(files, tmp_path, capsys):
 def _converted_basic(tmp_path: Path, size=(24, 32)) -> Path:
     """A converted SegNet-Basic (random weights, folded BN) declared at ``size``."""
     import converter
-    from helpers import randomize_bn_statistics
+    from support import randomize_bn_statistics
     from segnet.deploy.caffe_export import export_caffe
     from segnet.models.family import segnet_basic
     from segnet.models.surgery import convert_bn

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from oracle import ORACLE, oracle_cases
+from support import ORACLE, oracle_cases
 
 import converter
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _argmax_option(case) -> list[str]:

@@ -16,12 +16,12 @@ import pytest
 
 import segnet.training.loop
 
-from helpers import make_tiny_camvid
+from support import make_tiny_camvid
 from segnet.data.imageio import read_label
 from segnet.data.labels import get_label_space
 from segnet.data.splits import list_samples
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "reproduce"))
 import device  # noqa: E402
 import experiment  # noqa: E402

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from oracle import ORACLE, oracle_cases, relative_l2, scaled_error
+from support import ORACLE, oracle_cases, relative_l2, scaled_error
 
 import converter
 from caffe_proto import caffe_pb2
@@ -34,7 +34,7 @@ from converter.layers import DATA_LAYER_TYPES, LAYER_TYPES, REFUSED_TYPES
 from converter.layers.losses import contrastive_loss, infogain_loss, multinomial_logistic_loss
 from converter.layers.mvn import mvn
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 FORWARD_TOL = 1e-4  # scaled max error, as the oracle's README recommends
 LOSS_RTOL = 1e-5
