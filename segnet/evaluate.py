@@ -2,7 +2,8 @@
 
     python -m segnet.evaluate --data ROOT --split test \\
         (--model MODEL.pt | --predictions DIR) [--labels camvid] [--input-size H,W] \\
-        [--out DIR] [--limit N] [--compare-paper ROW] [--device cpu] [--batch-size N] [--workers N]
+        [--out DIR] [--limit N] [--compare-paper ROW] [--device auto] [--precision fp32] \\
+        [--batch-size N] [--workers N]
 
 Prints G, C, mIoU and BF (see :mod:`segnet.evaluation.metrics`) and the per-class
 table; with ``--out`` also writes ``labels/<name>.png`` (palette-mode PNGs:
@@ -15,9 +16,11 @@ shape, or the size a segnet checkpoint was trained at), or ``--input-size``;
 predictions are scored at the labels' own size (nearest neighbour), as the
 paper's protocol does.
 
-The scoring itself is the library's (segnet.evaluation.core).
+A model runs on the inference engine (segnet.deploy.engine), as
+``segnet.predict`` runs it: the fastest path that computes the converted
+graph's labels on the device. The scoring itself is the library's
+(segnet.evaluation.core).
 """
-
 
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ from converter.errors import run_command
 from segnet.cli import add_input_size_option, add_common_options, add_data_option, data_root
 from segnet.data.datasets import SegmentationDataset
 from segnet.data.labels import label_space_for
+from segnet.deploy.engine import PRECISIONS, build_engine
 from segnet.devices import pick_device
 from segnet.evaluation.boundary import BF_TOLERANCE
 from segnet.evaluation.core import (EvaluationError, evaluate, format_report, load_model, model_predictions,
@@ -60,7 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", help="folder for prediction PNGs (palette mode) and report.json")
     parser.add_argument("--limit", type=int, help="evaluate only the first N images")
     parser.add_argument("--compare-paper", metavar="ROW", help="print this row of the paper's Table 1 beside ours")
-    parser.add_argument("--device", default="cpu", help="torch device for --model (default: cpu)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="fp32 (default, Caffe's numbers), bf16 or fp16 where the hardware computes it natively")
     parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default: 1)")
     parser.add_argument("--workers", type=int, default=1, help="processes computing BF (default: 1)")
     add_common_options(parser)
@@ -93,7 +99,8 @@ def _command(args: argparse.Namespace) -> int:
             print(f"note: {note}", file=sys.stderr)
         size = args.input_size or declared_input_size(model)
         dataset = SegmentationDataset(args.data, args.split, size=size, label_space=space, limit=args.limit)
-        predictions = model_predictions(model, dataset, args.batch_size, device)
+        engine = build_engine(model, device, args.precision, size, args.batch_size)
+        predictions = model_predictions(engine, dataset, args.batch_size)
         source = {"model": str(args.model), "input_size": list(size) if size else None}
     else:
         space, _ = label_space_for(args.labels, None)

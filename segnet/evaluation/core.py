@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,8 @@ from converter.errors import UserError
 from segnet.models import checkpoint
 from segnet.models.caffe_graph import as_segmenter
 from segnet.data.datasets import SegmentationDataset
+from segnet.deploy.engine import Engine
+from segnet.models.outputs import ModelOutputError, labels_from_output
 from segnet.data.imageio import read_label, read_size
 from segnet.models.mc_dropout import dropout_sampling
 from segnet.evaluation.metrics import METRICS, SegmentationMetrics
@@ -35,45 +37,6 @@ Model = Callable[[torch.Tensor], Any]
 
 class EvaluationError(UserError):
     """A problem with the model, the predictions or the arguments."""
-
-
-def labels_from_output(output: Any, num_classes: int) -> torch.Tensor:
-    """NxHxW int64 class ids from a model's output.
-
-    A tensor is taken as NxCxHxW scores. A dict of named outputs (as a
-    converted Caffe net returns its blobs) gives, in order of preference:
-    ``argmax`` (channel indices as floats, Nx1xHxW), ``prob``, or the only
-    4-D output with ``num_classes`` channels. Scores are reduced with an
-    argmax over channels that picks the first (lowest) index on ties.
-    """
-    if isinstance(output, Mapping):
-        if "argmax" in output:
-            ids = torch.as_tensor(output["argmax"])
-            if ids.dim() == 4 and ids.shape[1] == 1:
-                ids = ids[:, 0]
-            if ids.dim() != 3:
-                raise EvaluationError(f"output 'argmax' should be Nx1xHxW, got {tuple(ids.shape)}")
-            return ids.round().long()
-        if "prob" in output:
-            scores = output["prob"]
-        else:
-            found = [
-                name
-                for name, value in output.items()
-                if torch.is_tensor(value) and value.dim() == 4 and value.shape[1] == num_classes
-            ]
-            if len(found) != 1:
-                raise EvaluationError(
-                    f"cannot tell which model output holds the scores: no 'argmax' or 'prob', and "
-                    f"{len(found)} 4-D outputs with {num_classes} channels ({', '.join(found) or 'none'})"
-                )
-            scores = output[found[0]]
-    else:
-        scores = output
-    if not torch.is_tensor(scores) or scores.dim() != 4:
-        shape = tuple(scores.shape) if torch.is_tensor(scores) else type(scores).__name__
-        raise EvaluationError(f"model scores should be an NxCxHxW tensor, got {shape}")
-    return scores.argmax(dim=1)  # torch returns the first maximal index
 
 
 def load_model(path: str | Path) -> torch.nn.Module:
@@ -87,24 +50,38 @@ def _one_line(exc: BaseException) -> str:
 
 
 def model_predictions(
-    model: Model, dataset: SegmentationDataset, batch_size: int = 1, device: str | torch.device = "cpu"
+    model: Model | Engine, dataset: SegmentationDataset, batch_size: int = 1, device: str | torch.device = "cpu",
+    workers: int = 0,
 ) -> Iterator[np.ndarray]:
-    """Label-id maps (HxW uint8) of ``model`` on every image, in dataset order, at the size the model made them."""
+    """Label-id maps (HxW uint8) of ``model`` on every image, in dataset order, at the size the model made them.
+
+    ``model`` is any callable returning scores (see :func:`labels_from_output`),
+    or an inference :class:`~segnet.deploy.engine.Engine`, which gives the
+    ids itself; ``workers`` processes decode the images.
+    """
     outputs = dataset.label_space.num_outputs
     sampling = contextlib.nullcontext()
-    if isinstance(model, torch.nn.Module):
-        model = model.to(device).eval()
-        sampling = dropout_sampling(model, False)  # a Bayesian net scores in dropout's test mode, not one sample
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    if isinstance(model, Engine):
+        predict = model.labels
+    else:
+        if isinstance(model, torch.nn.Module):
+            model = model.to(device).eval()
+            sampling = dropout_sampling(model, False)  # a Bayesian net scores in dropout's test mode, not one sample
+
+        def predict(images: torch.Tensor) -> torch.Tensor:
+            return labels_from_output(model(images.to(device)), outputs)
+
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
     done = 0
     with torch.no_grad(), sampling:
         for images, _ in loader:
             try:
-                output = model(images.to(device))
+                labels = predict(images)
+            except ModelOutputError:
+                raise
             except Exception as exc:  # a failing model becomes one line, not a traceback
                 name = dataset.samples[done].name
                 raise EvaluationError(f"model failed on the batch starting at {name}: {_one_line(exc)}") from None
-            labels = labels_from_output(output, outputs)
             if labels.shape[0] != images.shape[0]:
                 raise EvaluationError(
                     f"model returned {labels.shape[0]} predictions for a batch of {images.shape[0]} images"

@@ -1,4 +1,4 @@
-"""Small pictures the commands write: colour-mapped maps with a legend (Pillow only)."""
+"""Small pictures the commands write: colour-mapped maps and class overlays, each with a legend (Pillow only)."""
 
 from __future__ import annotations
 
@@ -43,4 +43,32 @@ def map_with_legend(values: np.ndarray, title: str) -> Image.Image:
     label = f"{high:.3g}"
     draw.text((10 + bar_width - draw.textlength(label, font=small), height + 17), label, fill="black", font=small)
     draw.text((10, height + 31), title, fill="black", font=small)
+    return canvas
+
+
+def overlay_with_legend(rgb: np.ndarray, labels: np.ndarray, names: list[str] | tuple[str, ...],
+                        palette: np.ndarray, opacity: float = 0.5) -> Image.Image:  # fmt: skip
+    """The photo (HxWx3 uint8 RGB) blended with its class colours, above a legend of the classes present.
+
+    ``palette`` is the label space's Nx3 uint8 colours by id; ids at or past
+    ``len(names)`` (void) keep the photo. The legend lists each class
+    present with its share of the pixels, most first.
+    """
+    labels = np.asarray(labels)
+    known = labels < len(names)
+    colours = palette[np.minimum(labels, len(palette) - 1)].astype(np.float32)
+    blended = rgb.astype(np.float32)
+    blended[known] = (1 - opacity) * blended[known] + opacity * colours[known]
+    ids, counts = np.unique(labels[known], return_counts=True)
+    order = np.argsort(-counts, kind="stable")
+    small = font(12)
+    row, per_row = 18, max(1, rgb.shape[1] // 170)
+    rows = -(-len(ids) // per_row) if len(ids) else 1
+    canvas = Image.new("RGB", (rgb.shape[1], rgb.shape[0] + 8 + rows * row), "white")
+    canvas.paste(Image.fromarray(np.rint(blended).astype(np.uint8)), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for slot, i in enumerate(order):
+        x, y = 6 + (slot % per_row) * 170, rgb.shape[0] + 6 + (slot // per_row) * row
+        draw.rectangle([x, y + 2, x + 12, y + 14], fill=tuple(int(v) for v in palette[ids[i]]), outline="black")
+        draw.text((x + 18, y + 1), f"{names[ids[i]]} {100 * counts[i] / labels.size:.1f}%", fill="black", font=small)
     return canvas

@@ -12,6 +12,7 @@ from PIL import Image
 
 from segnet import evaluate
 from segnet.evaluation import core as ev
+from segnet.models import outputs
 from segnet.data.datasets import SegmentationDataset
 from segnet.data.labels import get_label_space
 from segnet.evaluation.paper import TABLE1, paper_row
@@ -27,7 +28,7 @@ def test_argmax_takes_first_index_on_ties() -> None:
     scores[0, 4, 0, 1] = 1.0
     scores[0, 7, 0, 1] = 1.0  # tie between 4 and 7
     scores[0, 9, 0, 2] = 2.0
-    assert ev.labels_from_output(scores, 11).tolist() == [[[0, 4, 9]]]
+    assert outputs.labels_from_output(scores, 11).tolist() == [[[0, 4, 9]]]
 
 
 def test_dict_outputs_are_read_in_order_of_preference() -> None:
@@ -36,13 +37,13 @@ def test_dict_outputs_are_read_in_order_of_preference() -> None:
     other = torch.zeros(2, 11, 2, 2)
     other[:, 5] = 1
     argmax = torch.full((2, 1, 2, 2), 8.0)
-    assert ev.labels_from_output({"argmax": argmax, "prob": prob}, 11).unique().tolist() == [8]
-    assert ev.labels_from_output({"prob": prob, "conv_classifier": other}, 11).unique().tolist() == [3]
-    assert ev.labels_from_output({"scores": other, "mask": torch.zeros(2, 1, 2, 2)}, 11).unique().tolist() == [5]
-    with pytest.raises(ev.EvaluationError, match="cannot tell which model output"):
-        ev.labels_from_output({"a": prob, "b": other}, 11)
-    with pytest.raises(ev.EvaluationError, match="NxCxHxW"):
-        ev.labels_from_output(torch.zeros(11, 2, 2), 11)
+    assert outputs.labels_from_output({"argmax": argmax, "prob": prob}, 11).unique().tolist() == [8]
+    assert outputs.labels_from_output({"prob": prob, "conv_classifier": other}, 11).unique().tolist() == [3]
+    assert outputs.labels_from_output({"scores": other, "mask": torch.zeros(2, 1, 2, 2)}, 11).unique().tolist() == [5]
+    with pytest.raises(outputs.ModelOutputError, match="cannot tell which model output"):
+        outputs.labels_from_output({"a": prob, "b": other}, 11)
+    with pytest.raises(outputs.ModelOutputError, match="NxCxHxW"):
+        outputs.labels_from_output(torch.zeros(11, 2, 2), 11)
 
 
 # ---------------------------------------------------------------- a tiny data set

@@ -1,0 +1,337 @@
+"""The inference engine: one model set up once for the fastest faithful path on its device.
+
+``build_engine(model, device, precision)`` takes any model the commands
+take (a converted Caffe net, a segnet checkpoint's model) and picks the path:
+
+- a converted net of the SegNet family runs as the readable model that
+  computes the same (segnet.models.weights.readable_twin);
+- SegNet-family models run lean (segnet.deploy.inference): BN folded into
+  the convolutions and uint8 pooling indices; on a CPU, Winograd F(2x2, 3x3)
+  replaces the wide 3x3 convolutions where it is faster on this machine,
+  timed once per layer shape (:func:`winograd_choices`) rather than assumed;
+- on CUDA: channels-last, cuDNN autotuning, and the forward pass captured
+  as a CUDA graph at the run's batch size and input size, then replayed;
+- ``precision="bf16"`` (CPU with native bf16, or CUDA) runs the decoder of
+  SegNet-family models in bfloat16 (the whole model otherwise), ``"fp16"``
+  (CUDA) the whole model in float16. Either is refused with one line where
+  the hardware has no native support, and the engine measures its argmax
+  agreement with float32 on the first batch.
+
+Other models run as they are. ``engine.labels(images)`` maps an Nx3xHxW
+float batch (BGR, 0..255) to NxHxW uint8 class ids on the CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from converter import CaffeNet
+from converter.atomic import atomic_write
+from converter.errors import UserError
+
+from segnet.deploy.inference import WINOGRAD_MIN_CHANNELS, BF16, optimize_for_inference
+from segnet.deploy.measure import cpu_has_bf16
+from segnet.deploy.winograd import WinogradConv2d, is_winograd_eligible, transform_weight, winograd_conv3x3
+from segnet.devices import pick_device
+from segnet.models.outputs import labels_from_output
+from segnet.models.caffe_graph import as_segmenter, declared_input_size, num_outputs
+from segnet.models.family import in_segnet_family
+from segnet.models.mc_dropout import dropout_layers, dropout_sampling
+from segnet.models.surgery import replace_module
+from segnet.models.weights import readable_twin
+
+Precision = Literal["fp32", "bf16", "fp16"]
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+#: Winograd replaces a layer only when it is at least this much faster there (timing noise is a few percent).
+WINOGRAD_GAIN = 1.05
+
+
+@dataclass
+class Engine:
+    """A model ready to segment batches: ``labels(images)`` -> NxHxW uint8 ids (see the module docstring)."""
+
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    device: torch.device
+    precision: str
+    num_classes: int
+    input_size: tuple[int, int] | None
+    path: list[str]  # what was chosen, for the user
+    reference: Callable[[torch.Tensor], torch.Tensor] | None = None  # float32, for the first batch's agreement
+    agreement: float | None = None  # argmax agreement with float32 on the first batch (bf16 / fp16)
+    batches: int = field(default=0, init=False)
+
+    @torch.no_grad()
+    def labels(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(self.device, non_blocking=True)
+        ids = labels_from_output(self.forward(x), self.num_classes)
+        if self.reference is not None and self.batches == 0:
+            exact = labels_from_output(self.reference(x), self.num_classes)
+            self.agreement = float((exact == ids).double().mean())
+            self.reference = None  # measured once: free the float32 copy
+        self.batches += 1
+        return ids.to(torch.uint8).cpu()
+
+    def describe(self) -> str:
+        return f"{self.device} {self.precision}: " + ", ".join(self.path)
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """A one-line refusal of a precision the hardware does not compute natively."""
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown --precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
+        raise UserError("--precision bf16: this CPU has no native bfloat16 (AVX-512 BF16 or AMX), so it would run "
+                        "many times slower than float32; use the default fp32")  # fmt: skip
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError(f"--precision bf16: {torch.cuda.get_device_name(device)} has no native bfloat16")
+    if precision == "fp16" and device.type != "cuda":
+        raise UserError("--precision fp16 is for CUDA devices; on a CPU use bf16 (where native) or fp32")
+
+
+def build_engine(model: nn.Module, device: str | torch.device = "auto", precision: str = "fp32",
+                 input_size: tuple[int, int] | None = None, batch_size: int = 1,
+                 winograd: bool | None = None) -> Engine:  # fmt: skip
+    """The fastest faithful path for ``model`` on ``device`` (see the module docstring).
+
+    ``winograd``: None measures per layer shape on a CPU; True or False
+    forces the choice. ``batch_size`` and ``input_size`` fix the CUDA graph.
+    """
+    device = pick_device(device) if isinstance(device, str) else device
+    check_precision(precision, device)
+    classes = num_outputs(model)
+    size = input_size or declared_input_size(model)
+    path: list[str] = []
+    fast = _readable(model, path)
+    if fast is None:
+        fast = _TestModeDropout(as_segmenter(model, probabilities=True).eval().to(device))
+        path.append("the model as it is")
+        reference = fast if precision != "fp32" else None
+        if precision != "fp32":
+            fast = _autocast(fast, precision)
+            path.append(f"{precision} autocast")
+    else:
+        reference = _lean(fast, device, "fp32", path=[]) if precision != "fp32" else None
+        fast = _lean(fast, device, precision, path)
+        if device.type == "cpu" and precision == "fp32" and winograd is not False and size is not None:
+            _use_winograd(fast, (batch_size, _in_channels(model), *size), winograd, path)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # one input size: cuDNN's fastest algorithms are worth measuring
+        if size is not None:
+            fast = _cuda_graph(fast, (batch_size, _in_channels(model), *size), device, path)
+    return Engine(fast, device, precision, int(classes), size, path, reference)
+
+
+def _readable(model: nn.Module, path: list[str]) -> nn.Module | None:
+    """The readable SegNet-family model to run, or None (a model to run as it is)."""
+    if isinstance(model, CaffeNet):
+        if dropout_layers(model):
+            return None  # a Bayesian net keeps its own graph (its dropout's test mode is Caffe's)
+        twin = readable_twin(model)
+        if twin is not None:
+            path.append("the readable SegNet model computing what the converted net computes")
+        return twin
+    if in_segnet_family(model) and not dropout_layers(model):
+        return model
+    return None
+
+
+def _lean(model: nn.Module, device: torch.device, precision: str, path: list[str]) -> nn.Module:
+    cuda = device.type == "cuda"
+    bf16: bool | str = "decoder" if precision == "bf16" else False
+    lean = optimize_for_inference(model.to(device), channels_last=cuda or precision == "bf16", bf16=bf16)
+    path.append("BN folded, uint8 pooling indices")
+    if cuda:
+        path.append("channels-last")
+    if precision == "bf16":
+        path.append("decoder in bfloat16")
+    if precision == "fp16":
+        lean = _autocast(lean, "fp16")
+        path.append("float16 autocast")
+    return lean
+
+
+def _autocast(model: nn.Module, precision: str) -> nn.Module:
+    if precision == "bf16":
+        return BF16(model)
+    return _Half(model)
+
+
+class _TestModeDropout(nn.Module):
+    """A model whose dropout layers run in their test mode (a Bayesian net scored without sampling)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with dropout_sampling(self.model, False):
+            return self.model(x)
+
+
+class _Half(nn.Module):
+    """float16 autocast (CUDA), float32 scores out."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, dtype=torch.float16):
+            return self.model(x).float()
+
+
+def _in_channels(model: nn.Module) -> int:
+    return int(getattr(as_segmenter(model), "in_channels", 3))
+
+
+# ---------------------------------------------------------------- Winograd, where it pays on this machine
+
+#: Where the Winograd timings are kept between runs (one JSON file; ``SEGNET_CACHE`` moves it).
+CACHE_ENV = "SEGNET_CACHE"
+
+
+def _cache_file() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "segnet") / "winograd.json"
+
+
+def _machine() -> str:
+    """This CPU and torch build: timings from another machine do not carry over."""
+    model = ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as info:
+        model = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), "")
+    return f"{model or platform.machine()}|torch {torch.__version__}|{torch.get_num_threads()} threads"
+
+
+def _load_choices() -> dict[str, bool]:
+    with contextlib.suppress(OSError, ValueError):
+        data = json.loads(_cache_file().read_text())
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if isinstance(v, bool)}
+    return {}
+
+
+def _save_choices(choices: dict[str, bool]) -> None:
+    with contextlib.suppress(OSError):  # a read-only home only costs the timing next time
+        path = _cache_file()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda f: f.write(json.dumps(choices, indent=1, sort_keys=True).encode()))
+
+
+def winograd_choices(model: nn.Module, shape: tuple[int, ...], force: bool | None = None) -> dict[str, bool]:
+    """For each eligible 3x3 layer of ``model`` (a lean SegNet), whether Winograd beats the direct convolution
+    at the input ``shape`` (N, C, H, W): timed once per layer shape on this machine, then read from the cache."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    hooks = []
+    for name, module in model.named_modules():
+        if is_winograd_eligible(module) and min(module.in_channels, module.out_channels) >= WINOGRAD_MIN_CHANNELS:
+            hooks.append(module.register_forward_hook(_record_input_shape(shapes, name)))
+    try:
+        with torch.no_grad():
+            model(torch.zeros(shape))
+    finally:
+        for h in hooks:
+            h.remove()
+    modules = dict(model.named_modules())
+    known, machine, choices = _load_choices(), _machine(), {}
+    for name, (n, c, h, w) in shapes.items():
+        k = modules[name].out_channels
+        key = f"{machine}|{c}x{k} at {n}x{h}x{w}"
+        if force is None and key not in known:
+            known[key] = _winograd_is_faster(n, c, k, h, w)
+            _save_choices(known)
+        choices[name] = known[key] if force is None else force
+    return choices
+
+
+def _record_input_shape(shapes: dict[str, tuple[int, ...]], name: str) -> Callable:
+    def record(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:  # None: the output stays
+        shapes.setdefault(name, tuple(inputs[0].shape))
+
+    return record
+
+
+def _winograd_is_faster(n: int, c: int, k: int, h: int, w: int, repeats: int = 2) -> bool:
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(n, c, h, w, generator=generator).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(k, c, 3, 3, generator=generator)
+    transformed, bias = transform_weight(weight), torch.zeros(k)
+    direct = _best_time(lambda: F.conv2d(x, weight, bias, padding=1), repeats)
+    fast = _best_time(lambda: winograd_conv3x3(x, transformed, bias), repeats)
+    return direct > WINOGRAD_GAIN * fast
+
+
+def _best_time(run: Callable[[], object], repeats: int) -> float:
+    with torch.no_grad():
+        run()  # warm-up: buffers, packed weights
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run()
+            best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _use_winograd(model: nn.Module, shape: tuple[int, ...], force: bool | None, path: list[str]) -> None:
+    choices = winograd_choices(model, shape, force)
+    modules = dict(model.named_modules())
+    chosen = [name for name, faster in choices.items() if faster]
+    for name in chosen:
+        replace_module(model, name, WinogradConv2d(modules[name]))
+    if choices:
+        how = "forced" if force is not None else "measured faster here"
+        path.append(f"Winograd F(2x2, 3x3) on {len(chosen)} of {len(choices)} wide 3x3 layers ({how})")
+
+
+# ---------------------------------------------------------------- CUDA graphs
+
+
+class _GraphReplay(nn.Module):
+    """The forward pass captured once as a CUDA graph at a fixed batch and size, then replayed.
+
+    A smaller batch (the last one) is padded to the captured size; its
+    extra outputs are dropped. Any other shape runs eagerly.
+    """
+
+    def __init__(self, model: nn.Module, shape: tuple[int, ...], device: torch.device):
+        super().__init__()
+        self.model = model
+        self.static_in = torch.zeros(shape, device=device)
+        stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(stream), torch.no_grad():
+            for _ in range(3):  # warm-up on a side stream, as capture requires (cuDNN picks its algorithms here)
+                model(self.static_in)
+        torch.cuda.current_stream(device).wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph), torch.no_grad():
+            self.static_out = model(self.static_in)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        if x.shape[1:] != self.static_in.shape[1:] or n > self.static_in.shape[0]:
+            return self.model(x)
+        self.static_in[:n].copy_(x)
+        self.graph.replay()
+        return self.static_out[:n].clone()
+
+
+def _cuda_graph(model: nn.Module, shape: tuple[int, ...], device: torch.device, path: list[str]) -> nn.Module:
+    try:
+        replay = _GraphReplay(model, shape, device)
+    except Exception as exc:  # whatever capture refused: the eager model computes the same
+        path.append(f"eager (CUDA graph capture failed: {type(exc).__name__})")
+        return model
+    path.append(f"CUDA graph at batch {shape[0]}, {shape[2]}x{shape[3]}")
+    return replay
