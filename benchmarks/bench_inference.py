@@ -38,7 +38,6 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -51,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segnet.deploy.measure import cpu_has_bf16, current_rss_mb, peak_rss_mb, reset_peak_rss
+from segnet.deploy.measure import cpu_has_bf16, cpu_name, current_rss_mb, peak_rss_mb, reset_peak_rss
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SEGNET_SHARED", ROOT.parent / "shared"))
@@ -478,17 +477,6 @@ def main() -> None:
         machine = f"{results['machine']['cores']}-core {results['machine']['cpu']}"
         CAFFE_RECORDED.write_text(json.dumps({"date": results["machine"]["date"], "machine": machine,
                                               "blas_threads": results["machine"]["cores"], "models": models}, indent=1) + "\n")  # fmt: skip
-
-
-def cpu_name() -> str:
-    """The CPU's model name (/proc/cpuinfo), else what platform knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def print_caffe_comparison(name: str, rows: dict, recorded: dict | None) -> None:

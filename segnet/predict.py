@@ -36,27 +36,22 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from converter.atomic import refuse_overwriting_inputs, staged_outputs
 from converter.errors import UserError, run_command
 
 from segnet.cli import add_common_options, add_input_size_option, positive_int
-from segnet.data.imageio import load_image
-from segnet.data.labels import LabelSpace, label_space_for
-from segnet.data.resize import resize_nearest
-from segnet.deploy.engine import PRECISIONS, Engine, build_engine
-from segnet.deploy.sources import ImageFiles, Item, collate_images, VideoWriter, collect, frame_input, share, video_frames
-from segnet.deploy.writers import BackgroundWriter, output_names, overlay, write_outputs
+from segnet.data.labels import label_space_for
+from segnet.deploy.engine import PRECISIONS, build_engine
+from segnet.deploy.prediction import sample_images, segment_images, segment_video
+from segnet.deploy.sources import Item, collect, share
+from segnet.deploy.writers import output_names
 from segnet.models.caffe_graph import as_segmenter, declared_input_size, num_outputs
 from segnet.models.checkpoint import load_model
-from segnet.models.mc_dropout import dropout_layers, dropout_sampling, mc_dropout_predict, samples_by_default
+from segnet.models.mc_dropout import dropout_layers, samples_by_default
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,12 +95,14 @@ def _command(args: argparse.Namespace) -> int:
     # All inputs segmented, or no file written: a failure on input k leaves nothing behind.
     with staged_outputs(out) as staging:
         if args.mc_samples:
-            lines = _sample_images(as_segmenter(model, probabilities=True), images, space, size, staging, args)
+            lines = sample_images(as_segmenter(model, probabilities=True), images, space, size, staging,
+                                  args.mc_samples, args.overlay, args.progress)
             engine = None
         else:
             engine = build_engine(model, args.device, args.precision, size, args.batch_size)
-            lines = _segment_images(engine, images, space, staging, args)
-            lines += [_segment_video(engine, video, space, staging, args.batch_size) for video in videos]
+            lines = segment_images(engine, images, space, staging, args.batch_size, args.workers, args.overlay,
+                                   args.progress)
+            lines += [segment_video(engine, video, space, staging, args.batch_size) for video in videos]
     print("\n".join(lines))
     if engine is not None and items:
         seconds = time.perf_counter() - start
@@ -130,81 +127,6 @@ def _dropout_notes(model: torch.nn.Module, args: argparse.Namespace) -> None:
         caffe = " (caffe-segnet would draw one random sample per run)" if samples_by_default(model) else ""
         print(f"note: {args.model} has dropout layers (a Bayesian model); this run uses dropout's test mode, no "
               f"sampling{caffe}: --mc-samples N averages N samples and writes an uncertainty map", file=sys.stderr)  # fmt: skip
-
-
-def _segment_images(engine: Engine, items: list[Item], space: LabelSpace, staging: Path,
-                    args: argparse.Namespace) -> list[str]:  # fmt: skip
-    """Images in batches (decoded in workers), outputs written by a background thread."""
-    if not items:
-        return []
-    batch = args.batch_size if engine.input_size is not None else 1  # images of their own sizes go one by one
-    workers = min(args.workers, len(items))
-    loader = DataLoader(ImageFiles(items, engine.input_size), batch_size=batch, num_workers=workers,
-                        collate_fn=collate_images, pin_memory=engine.device.type == "cuda")
-    writer = BackgroundWriter()
-    try:
-        with tqdm(total=len(items), disable=not args.progress or len(items) < 2, unit="image") as bar:
-            for images, indices in loader:
-                if isinstance(images, Exception):
-                    raise images
-                for index, labels in zip(indices.tolist(), engine.labels(images).numpy()):
-                    writer.submit(staging, items[index], labels, space, args.overlay)
-                bar.update(len(indices))
-    finally:
-        lines = writer.finish()
-    return lines
-
-
-@torch.no_grad()
-def _sample_images(model: torch.nn.Module, items: list[Item], space: LabelSpace, size: tuple[int, int] | None,
-                   staging: Path, args: argparse.Namespace) -> list[str]:  # fmt: skip
-    """Monte-Carlo dropout, one image at a time: mean class probabilities and their variance."""
-    lines = []
-    with dropout_sampling(model, False):
-        for item in tqdm(items, disable=not args.progress or len(items) < 2, unit="image"):
-            x = torch.from_numpy(load_image(item.path, size))[None]
-            prob, spread = mc_dropout_predict(model, x, args.mc_samples)
-            labels = prob.argmax(dim=1)[0].to(torch.uint8).numpy()
-            uncertainty = spread[0].numpy()
-            lines.append(write_outputs(staging, item, labels, space, args.overlay, uncertainty, args.mc_samples))
-    return lines
-
-
-def _segment_video(engine: Engine, item: Item, space: LabelSpace, staging: Path, batch_size: int) -> str:
-    """Every frame segmented and overlaid into ``<name>_segmentation.mp4`` at the input's frame rate."""
-    frames, rate = video_frames(item.path)
-    target = staging / f"{item.name}_segmentation.mp4"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    writer, count, start = None, 0, time.perf_counter()
-    try:
-        for batch in _batched(frames, batch_size):
-            ids = engine.labels(torch.stack([frame_input(rgb, engine.input_size) for rgb in batch])).numpy()
-            for rgb, labels in zip(batch, ids):
-                if labels.shape != rgb.shape[:2]:
-                    labels = resize_nearest(labels, rgb.shape[:2])
-                picture = np.asarray(overlay(rgb, labels, space))
-                if writer is None:
-                    writer = VideoWriter(target, rate, picture.shape[1], picture.shape[0])
-                writer.write(picture)
-                count += 1
-    finally:
-        if writer is not None:
-            writer.close()
-    if not count:
-        raise UserError("no frames in this video", item.path)
-    seconds = time.perf_counter() - start
-    return f"{item.path}: wrote {item.name}_segmentation.mp4 ({count} frames, {count / seconds:.1f} frames/s)"
-
-
-def _batched(frames: Iterator[np.ndarray], size: int) -> Iterator[list[np.ndarray]]:
-    batch = []
-    for frame in frames:
-        batch.append(frame)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 if __name__ == "__main__":

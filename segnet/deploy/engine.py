@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +40,7 @@ from converter.atomic import atomic_write
 from converter.errors import UserError
 
 from segnet.deploy.inference import WINOGRAD_MIN_CHANNELS, BF16, optimize_for_inference
-from segnet.deploy.measure import cpu_has_bf16
+from segnet.deploy.measure import cpu_has_bf16, cpu_name
 from segnet.deploy.winograd import WinogradConv2d, is_winograd_eligible, transform_weight, winograd_conv3x3
 from segnet.devices import pick_device
 from segnet.models.outputs import labels_from_output
@@ -208,10 +207,7 @@ def _cache_file() -> Path:
 
 def _machine() -> str:
     """This CPU and torch build: timings from another machine do not carry over."""
-    model = ""
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as info:
-        model = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), "")
-    return f"{model or platform.machine()}|torch {torch.__version__}|{torch.get_num_threads()} threads"
+    return f"{cpu_name()}|torch {torch.__version__}|{torch.get_num_threads()} threads"
 
 
 def _load_choices() -> dict[str, bool]:

@@ -1,8 +1,10 @@
-"""Process memory readings for the benchmark and reproduction scripts (Linux)."""
+"""What the benchmark and reproduction scripts read about the machine: process memory (Linux), the CPU."""
 
 from __future__ import annotations
 
 import os
+import platform
+from pathlib import Path
 
 
 def current_rss_mb() -> float:
@@ -39,3 +41,14 @@ def cpu_has_bf16() -> bool:
 
     checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
     return any(check is not None and check() for check in checks)
+
+
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
