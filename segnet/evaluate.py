@@ -99,7 +99,7 @@ def _command(args: argparse.Namespace) -> int:
             print(f"note: {note}", file=sys.stderr)
         size = args.input_size or declared_input_size(model)
         dataset = SegmentationDataset(args.data, args.split, size=size, label_space=space, limit=args.limit)
-        engine = build_engine(model, device, args.precision, size, args.batch_size)
+        engine = build_engine(model, device, args.precision, size, args.batch_size, num_classes=space.num_outputs)
         predictions = model_predictions(engine, dataset, args.batch_size)
         source = {"model": str(args.model), "input_size": list(size) if size else None}
     else:

@@ -99,7 +99,8 @@ def _command(args: argparse.Namespace) -> int:
                                   args.mc_samples, args.overlay, args.progress)
             engine = None
         else:
-            engine = build_engine(model, args.device, args.precision, size, args.batch_size)
+            engine = build_engine(model, args.device, args.precision, size, args.batch_size,
+                                  num_classes=space.num_outputs)
             lines = segment_images(engine, images, space, staging, args.batch_size, args.workers, args.overlay,
                                    args.progress)
             lines += [segment_video(engine, video, space, staging, args.batch_size) for video in videos]

@@ -101,15 +101,19 @@ def check_precision(precision: str, device: torch.device) -> None:
 
 def build_engine(model: nn.Module, device: str | torch.device = "auto", precision: str = "fp32",
                  input_size: tuple[int, int] | None = None, batch_size: int = 1,
-                 winograd: bool | None = None) -> Engine:  # fmt: skip
+                 winograd: bool | None = None, num_classes: int | None = None) -> Engine:  # fmt: skip
     """The fastest faithful path for ``model`` on ``device`` (see the module docstring).
 
     ``winograd``: None measures per layer shape on a CPU; True or False
     forces the choice. ``batch_size`` and ``input_size`` fix the CUDA graph.
+    ``num_classes`` (the label space's outputs) is needed for a model that
+    does not say how many scores it gives.
     """
     device = pick_device(device) if isinstance(device, str) else device
     check_precision(precision, device)
-    classes = num_outputs(model)
+    classes = num_classes or num_outputs(model)
+    if not classes:
+        raise UserError("the model does not say how many classes it scores: give its label space (--labels)")
     size = input_size or declared_input_size(model)
     path: list[str] = []
     fast = _readable(model, path)

@@ -14,7 +14,7 @@ import contextlib
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -25,7 +25,6 @@ from converter.errors import UserError
 from segnet.models import checkpoint
 from segnet.models.caffe_graph import as_segmenter
 from segnet.data.datasets import SegmentationDataset
-from segnet.deploy.engine import Engine
 from segnet.models.outputs import ModelOutputError, labels_from_output
 from segnet.data.imageio import read_label, read_size
 from segnet.models.mc_dropout import dropout_sampling
@@ -33,6 +32,13 @@ from segnet.evaluation.metrics import METRICS, SegmentationMetrics
 from segnet.evaluation.paper import SOURCE, PaperRow
 
 Model = Callable[[torch.Tensor], Any]
+
+
+@runtime_checkable
+class LabelPredictor(Protocol):
+    """What gives class ids itself (the inference engine, segnet.deploy.engine.Engine)."""
+
+    def labels(self, images: torch.Tensor) -> torch.Tensor: ...
 
 
 class EvaluationError(UserError):
@@ -50,18 +56,18 @@ def _one_line(exc: BaseException) -> str:
 
 
 def model_predictions(
-    model: Model | Engine, dataset: SegmentationDataset, batch_size: int = 1, device: str | torch.device = "cpu",
+    model: Model | LabelPredictor, dataset: SegmentationDataset, batch_size: int = 1, device: str | torch.device = "cpu",
     workers: int = 0,
 ) -> Iterator[np.ndarray]:
     """Label-id maps (HxW uint8) of ``model`` on every image, in dataset order, at the size the model made them.
 
     ``model`` is any callable returning scores (see :func:`labels_from_output`),
-    or an inference :class:`~segnet.deploy.engine.Engine`, which gives the
+    or a :class:`LabelPredictor` (the inference engine), which gives the
     ids itself; ``workers`` processes decode the images.
     """
     outputs = dataset.label_space.num_outputs
     sampling = contextlib.nullcontext()
-    if isinstance(model, Engine):
+    if isinstance(model, LabelPredictor):
         predict = model.labels
     else:
         if isinstance(model, torch.nn.Module):
