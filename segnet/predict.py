@@ -46,12 +46,17 @@ from converter.errors import UserError, run_command
 from segnet.cli import add_common_options, add_input_size_option, positive_int
 from segnet.data.labels import label_space_for
 from segnet.deploy.engine import PRECISIONS, build_engine
+from segnet.devices import pick_device
 from segnet.deploy.prediction import sample_images, segment_images, segment_video
 from segnet.deploy.sources import Item, collect, share
 from segnet.deploy.writers import output_names
 from segnet.models.caffe_graph import as_segmenter, declared_input_size, num_outputs
 from segnet.models.checkpoint import load_model
 from segnet.models.mc_dropout import dropout_layers, samples_by_default
+
+
+#: Images per forward pass unless --batch-size says otherwise (benchmarks/bench_predict.py measures others).
+CPU_BATCH, CUDA_BATCH = 4, 8
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--labels", help="label space for the palette: a name, a class count or a JSON file "
                    "(default: the model's)")  # fmt: skip
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
-    p.add_argument("--batch-size", type=positive_int, default=4, help="images per forward pass (default 4)")
+    p.add_argument("--batch-size", type=positive_int,
+                   help=f"images per forward pass (default {CPU_BATCH} on a CPU, {CUDA_BATCH} on CUDA)")
     p.add_argument("--workers", type=int, default=2, help="processes decoding images (default 2; 0: none)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="fp32 (default, Caffe's numbers), bf16 or fp16 where the hardware computes it natively")  # fmt: skip
@@ -99,7 +105,9 @@ def _command(args: argparse.Namespace) -> int:
                                   args.mc_samples, args.overlay, args.progress)
             engine = None
         else:
-            engine = build_engine(model, args.device, args.precision, size, args.batch_size,
+            device = pick_device(args.device)
+            args.batch_size = args.batch_size or (CUDA_BATCH if device.type == "cuda" else CPU_BATCH)
+            engine = build_engine(model, device, args.precision, size, args.batch_size,
                                   num_classes=space.num_outputs)
             lines = segment_images(engine, images, space, staging, args.batch_size, args.workers, args.overlay,
                                    args.progress)
