@@ -23,8 +23,8 @@ from converter.errors import UserError
 
 from segnet.data.imageio import load_image
 from segnet.data.resize import Size, resize_bilinear
+from segnet.data.splits import IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv")
 VIDEO_HINT = 'pip install -e ".[video]" (or: pip install av)'
 
