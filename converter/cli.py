@@ -14,7 +14,7 @@ import torch
 from . import budget, checkpoint, verdict
 from .arrays import read_arrays
 from .atomic import atomic_write, refuse_overwriting_inputs
-from .errors import CaffeFormatError, UserError, run_command
+from .errors import CaffeFormatError, UserError, add_debug_option, run_command
 from .graph import CaffeNet, numpy_blobs
 from .prototxt import read_net
 from .summary import format_table, summary_dict
@@ -49,7 +49,8 @@ NET.prototxt WEIGHTS.caffemodel (without --dump, --compare or --summary-json):
 then as the WEIGHTS name with .pt, in the current folder. Without weights, or
 with any of those options, no checkpoint is written unless -o names one.
 
-Exit status: 0 success (consistent with Caffe), 1 not consistent, 2 bad input.
+Exit status: 0 success (consistent with Caffe), 1 not consistent, 2 bad input, 3 a bug (--debug shows
+its traceback).
 """
 
 
@@ -86,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-unused", action="store_true", help="ignore weights of layers the prototxt lacks")
     p.add_argument("-q", "--quiet", action="store_true", help="do not print the layer table")
     budget.add_memory_option(p)
+    add_debug_option(p)
     return p
 
 

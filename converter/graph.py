@@ -11,6 +11,7 @@ them.
 from __future__ import annotations
 
 import math
+import operator
 import re
 import warnings
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from . import budget
 from .errors import CaffeFormatError, UserError
 from .layers import DATA_LAYER_TYPES, DEFAULT_IMAGE_SIZE, LAYER_TYPES, CaffeLayer, Shape, implied_input_shapes, refusal
 from .prototxt import layers_for_phase, net_to_text, phase_value
-from .weights import CaffeWeights
+from .weights import MAX_BLOB_AXES, CaffeWeights
 
 #: Caffe's own bound on one blob: Blob::Reshape refuses a count above INT_MAX.
 MAX_BLOB_COUNT = 2**31 - 1
@@ -100,6 +101,7 @@ class CaffeNet(nn.Module):
             listing = "; ".join(f"{t} (layer {', '.join(names)})" for t, names in unknown.items())
             raise CaffeFormatError(f"unsupported layer type(s): {listing}")
 
+        overrides = {name: _valid_shape(shape, f"input '{name}'") for name, shape in overrides.items()}
         known_inputs: dict[str, Shape | None] = {}
         for i, name in enumerate(net.input):
             known_inputs[name] = tuple(net.input_shape[i].dim) if net.input_shape else None
@@ -107,6 +109,9 @@ class CaffeNet(nn.Module):
             if layer.type in DATA_LAYER_TYPES:
                 implied = implied_input_shapes(layer, image_size)
                 if layer.type == "DenseImageData" and len(layer.top) > 1 and layer.top[0] in overrides:
+                    if len(overrides[layer.top[0]]) != 4:
+                        raise CaffeFormatError(f"input '{layer.top[0]}' of a DenseImageData layer needs 4 sizes "
+                                               "(N, C, H, W)", layer=layer.name)  # fmt: skip
                     n, _, h, w = overrides[layer.top[0]]  # the label follows the image's size
                     implied[layer.top[1]] = (n, 1, h, w)
                 known_inputs.update(implied)
@@ -118,9 +123,10 @@ class CaffeNet(nn.Module):
         _check_single_producers(list(net.input), layers)
         self._blob_bytes = 0
         for name, shape in known_inputs.items():
-            shape = tuple(int(d) for d in overrides[name]) if name in overrides else shape
+            shape = overrides.get(name, shape)
             if shape is not None:
-                self._count_blob(name, _valid_shape(shape, f"input '{name}'"))
+                shape = _valid_shape(shape, f"input '{name}'")
+                self._count_blob(name, shape)
             self.input_shapes[name] = shape
             self.blob_shapes[name] = shape
 
@@ -375,8 +381,13 @@ class CaffeNet(nn.Module):
 
 
 def _valid_shape(shape: Sequence[int], what: str) -> Shape:
-    """A blob shape with every size positive and at most Caffe's count per blob."""
-    dims = tuple(int(d) for d in shape)
+    """A blob shape of whole numbers, every size positive and at most Caffe's count per blob."""
+    try:
+        dims = tuple(_whole(d) for d in shape)
+    except TypeError:
+        raise CaffeFormatError(f"{what} would have shape {_shown(shape)}: sizes must be whole numbers") from None
+    if len(dims) > MAX_BLOB_AXES:
+        raise CaffeFormatError(f"{what} would have {len(dims)} axes; Caffe allows at most {MAX_BLOB_AXES}")
     if any(d <= 0 for d in dims):
         raise CaffeFormatError(f"{what} would have shape {list(dims)}: every size must be positive")
     count = math.prod(dims)
@@ -384,6 +395,18 @@ def _valid_shape(shape: Sequence[int], what: str) -> Shape:
         raise CaffeFormatError(f"{what} would have shape {list(dims)}, {count} values: more than the 2^31-1 "
                                "Caffe allows in one blob")  # fmt: skip
     return dims
+
+
+def _whole(value: object) -> int:
+    """A whole number (an int, a numpy integer); never a float, a string or a bool taken for one."""
+    if isinstance(value, bool):
+        raise TypeError("a bool is not a size")
+    return operator.index(value)
+
+
+def _shown(shape: object) -> str:
+    text = repr(list(shape)) if isinstance(shape, (tuple, list)) else repr(shape)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _check_single_producers(inputs: Sequence[str], layers: Sequence[caffe_pb2.LayerParameter]) -> None:

@@ -198,12 +198,13 @@ def _upgrade_inputs(net: caffe_pb2.NetParameter, source) -> None:
 
 
 def phase_value(phase: str | int) -> int:
-    if isinstance(phase, str):
-        try:
-            return caffe_pb2.Phase.Value(phase.upper())
-        except ValueError:
-            raise ValueError(f"unknown phase {phase!r}: use TRAIN or TEST") from None
-    return int(phase)
+    """Caffe's number of a phase given by name (TRAIN, TEST) or number (0, 1); anything else is a CaffeFormatError."""
+    if isinstance(phase, str) and phase.upper() in caffe_pb2.Phase.keys():
+        return caffe_pb2.Phase.Value(phase.upper())
+    if type(phase) is int and phase in caffe_pb2.Phase.values():
+        return phase
+    shown = repr(phase) if isinstance(phase, (str, int)) else f"a {type(phase).__name__}"
+    raise CaffeFormatError(f"unknown phase {shown[:40]}: use TRAIN or TEST")
 
 
 def layers_for_phase(

@@ -28,8 +28,8 @@ from caffe_proto import caffe_pb2
 
 from . import budget
 from .errors import CaffeFormatError, UserError
-from .wire import (WIRE_32BIT, WIRE_64BIT, WIRE_LEN, WIRE_VARINT, Truncated, iter_fields, read_varint,
-                   reencode_field)
+from .wire import (WIRE_32BIT, WIRE_64BIT, WIRE_LEN, WIRE_VARINT, FieldValue, Truncated, iter_fields,
+                   read_varint, reencode_field)
 
 GZIP_MAGIC = b"\x1f\x8b"
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -47,6 +47,7 @@ _LAYER_BLOBS, _V1_LAYER_BLOBS = 7, 6
 _BLOB_NUM, _BLOB_CHANNELS, _BLOB_HEIGHT, _BLOB_WIDTH = 1, 2, 3, 4
 _BLOB_DATA, _BLOB_DIFF, _BLOB_SHAPE, _BLOB_DOUBLE_DATA, _BLOB_DOUBLE_DIFF = 5, 6, 7, 8, 9
 
+MAX_BLOB_AXES = 32  # Caffe's kMaxBlobAxes
 _GZIP_CHUNK = 16 << 20  # inflate this much at a time, so that the limit is checked as the data grows
 
 
@@ -229,7 +230,10 @@ def _parse_blob(buf: memoryview, start: int, end: int, path: Path, layer: str, i
         dims, is_legacy = tuple(legacy), True
     else:
         dims, is_legacy = (data.size,), False
-    count = int(np.prod(dims, dtype=np.int64)) if dims else 1
+    if len(dims) > MAX_BLOB_AXES or any(d < 0 for d in dims):  # Caffe's Blob::Reshape checks the same
+        raise CaffeFormatError(f"blob {index} declares shape {list(dims)[:MAX_BLOB_AXES + 1]}: at most "
+                               f"{MAX_BLOB_AXES} sizes, none negative", path, layer)  # fmt: skip
+    count = math.prod(dims)  # exact: a product of int64 sizes may overflow int64
     if count != data.size:
         raise CaffeFormatError(
             f"blob {index} declares shape {list(dims)} ({count} values) but holds {data.size} values",
@@ -259,11 +263,11 @@ def _parse_shape(buf: memoryview, start: int, end: int) -> list[int]:
     return [d - (1 << 64) if d >= 1 << 63 else d for d in dims]
 
 
-def _floats(buf: memoryview, wire: int, span: tuple[int, int], dtype: str) -> np.ndarray:
-    start, end = span
+def _floats(buf: memoryview, wire: int, value: FieldValue, dtype: str) -> np.ndarray:
     width = np.dtype(dtype).itemsize
-    if wire not in (WIRE_LEN, WIRE_32BIT if width == 4 else WIRE_64BIT):
-        raise DecodeError("blob data with an unexpected wire type")
+    if wire not in (WIRE_LEN, WIRE_32BIT if width == 4 else WIRE_64BIT):  # a varint holds no span of bytes
+        raise DecodeError(f"blob data of wire type {wire}, where packed or fixed-width values belong")
+    start, end = value
     if (end - start) % width:
         raise DecodeError("packed blob data of a length that is not a whole number of values")
     return np.frombuffer(buf[start:end], dtype=dtype)

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from converter.budget import add_memory_option
-from converter.errors import UserError
+from converter.errors import UserError, add_debug_option
 
 from segnet.data.resize import Size
 
@@ -72,8 +72,9 @@ def positive_int(text: str) -> int:
 
 
 def add_common_options(parser: argparse.ArgumentParser) -> None:
-    """What every command takes: ``--no-progress`` (hide progress bars; results and messages still print) and
-    ``--memory-limit`` (see converter.budget)."""
+    """What every command takes: ``--no-progress`` (hide progress bars; results and messages still print),
+    ``--memory-limit`` (see converter.budget) and ``--debug`` (tracebacks, see converter.errors)."""
     parser.add_argument("--no-progress", dest="progress", action="store_false",
                         help="hide progress bars (results and messages still print)")  # fmt: skip
     add_memory_option(parser)
+    add_debug_option(parser)

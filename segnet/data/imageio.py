@@ -7,7 +7,10 @@ handed to the net as float values 0..255: no mean subtraction, no scaling.
 
 Only PNG, JPEG, BMP and TIFF files are opened (told by their content), and
 an image's size is checked against the memory limit (``converter.budget``)
-before its pixels are decoded.
+before its pixels are decoded. A PNG's chunk lengths are checked first, each
+against the file (a chunk cannot hold more bytes than the file has left)
+and the limit: PIL reads a chunk's declared length at once. Whatever PIL
+raises for a damaged or hostile file becomes a :class:`DataError`.
 
 Labels are 8-bit single-channel PNGs whose values are label ids, either
 greyscale or palette-mode (the palette indices are the ids, as Pascal VOC
@@ -19,13 +22,16 @@ file.
 
 from __future__ import annotations
 
+import struct
+import zlib
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import numpy as np
 from PIL import Image
 
 from converter import budget
-from converter.errors import UserError
+from converter.errors import UserError, exception_name, one_line
 
 from segnet.data.labels import LabelSpace
 from segnet.data.resize import Size, resize_bilinear, resize_nearest
@@ -45,10 +51,22 @@ FORMATS = ("PNG", "JPEG", "BMP", "TIFF")
 BYTES_PER_PIXEL = 16
 
 
-def _header(path: Path, kind: str) -> Image.Image:
-    """The image opened without decoding its pixels: format and size checked first."""
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MAX_PNG_CHUNK = 2**31 - 1  # the PNG specification's bound on a chunk's length
+
+#: What PIL raises for a damaged or hostile file: its plugins do not turn every bad field into an OSError.
+_PIL_ERRORS = (OSError, ValueError, SyntaxError, TypeError, EOFError, IndexError, KeyError, ZeroDivisionError,
+               OverflowError, struct.error, zlib.error, RecursionError, Image.DecompressionBombError)  # fmt: skip
+
+T = TypeVar("T")
+
+
+def _reading(path: Path, kind: str, step: Callable[[], T]) -> T:
+    """``step()``, with what PIL (or the file system) raises turned into one :class:`DataError` naming the file."""
     try:
-        image = Image.open(path, formats=FORMATS)
+        return step()
+    except UserError:
+        raise
     except FileNotFoundError:
         raise DataError(f"missing {kind} file {path}") from None
     except IsADirectoryError:
@@ -56,19 +74,49 @@ def _header(path: Path, kind: str) -> Image.Image:
     except Image.UnidentifiedImageError:
         raise DataError(f"cannot read {kind} file {path}: not a {', '.join(FORMATS[:-1])} or {FORMATS[-1]} "
                         "image") from None  # fmt: skip
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise DataError(f"cannot read {kind} file {path}: {exc}") from None
+    except _PIL_ERRORS as exc:
+        message = one_line(f"cannot read {kind} file {path}: {exc or exception_name(exc)}")
+        raise DataError(message) from exc
+
+
+def _check_png_chunks(path: Path, kind: str) -> None:
+    """Refuse a PNG whose chunks declare more bytes than the file holds or the memory limit allows."""
+    with open(path, "rb") as f:
+        if f.read(len(PNG_SIGNATURE)) != PNG_SIGNATURE:
+            return  # not a PNG: PIL tells the format
+        size = f.seek(0, 2)
+        position = f.seek(len(PNG_SIGNATURE))
+        while position + 8 <= size:
+            length, name = struct.unpack(">I4s", f.read(8))
+            left = size - position - 12  # after the chunk's length, type and CRC
+            if length > min(MAX_PNG_CHUNK, left):
+                raise DataError(f"cannot read {kind} file {path}: PNG chunk {name!r} declares {length} bytes, but "
+                                f"only {max(left, 0)} follow (a truncated or damaged file)")  # fmt: skip
+            budget.check(length, f"PNG chunk {name!r} of this {kind}", path)
+            if name == b"IEND":
+                return
+            position = f.seek(position + 12 + length)
+
+
+def _header(path: Path, kind: str) -> Image.Image:
+    """The image opened without decoding its pixels: chunks, format and size checked first."""
+
+    def open_checked() -> Image.Image:
+        _check_png_chunks(path, kind)
+        return Image.open(path, formats=FORMATS)
+
+    image = _reading(path, kind, open_checked)
     width, height = image.size
+    if width < 1 or height < 1:
+        image.close()
+        raise DataError(f"{kind} file {path} declares {width}x{height} pixels (none to read)")
     budget.check(width * height * BYTES_PER_PIXEL, f"a {width}x{height} {kind} ({width * height} pixels)", path)
     return image
 
 
 def _open(path: Path, kind: str) -> Image.Image:
     image = _header(path, kind)
-    try:
-        image.load()
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise DataError(f"cannot read {kind} file {path}: {exc}") from None
+    _reading(path, kind, image.load)
     return image
 
 
@@ -84,7 +132,7 @@ def read_image_bgr(path: str | Path) -> np.ndarray:
     image = _open(path, "image")
     if image.mode not in _COLOUR_MODES:
         raise DataError(f"unsupported pixel format {image.mode} in image file {path}")
-    rgb = np.asarray(image.convert("RGB") if image.mode != "RGB" else image)
+    rgb = _reading(path, "image", lambda: np.asarray(image.convert("RGB") if image.mode != "RGB" else image))
     return np.ascontiguousarray(rgb[:, :, ::-1])
 
 
@@ -98,7 +146,7 @@ def read_label(path: str | Path, label_space: LabelSpace, kind: str = "label") -
     if image.mode not in _LABEL_MODES:
         raise DataError(f"{kind} file {path} has pixel format {image.mode}; expected 8-bit single-channel "
                         "(greyscale or palette) class ids")  # fmt: skip
-    label = np.array(image, dtype=np.uint8)
+    label = _reading(path, kind, lambda: np.array(image, dtype=np.uint8))
     valid = label_space.valid(label)
     if not valid.all():
         bad = int(label[~valid].max())

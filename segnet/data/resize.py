@@ -3,13 +3,28 @@
 caffe-segnet's DenseImageData layer resized images with OpenCV (bilinear for
 the image, nearest neighbour for the label) before copying them into a
 float blob, so these functions give the exact inputs the released nets saw.
+
+A size comes from the user or from a file (a checkpoint's input size), so it
+is checked before anything is allocated: two whole numbers of at least 1,
+and the arrays the resize needs within the memory limit (``converter.budget``).
 """
 
 from __future__ import annotations
 
+import math
+import operator
+from typing import Any
+
 import numpy as np
 
+from converter import budget
+from converter.errors import UserError
+
 Size = tuple[int, int]  # (height, width)
+
+#: Bytes one output value of a bilinear resize needs at most: the int64 row passes, their products and sums.
+BILINEAR_BYTES = 40
+NEAREST_BYTES = 8  # the gathered copy and its int64 indices
 
 _COEF_BITS = 11  # OpenCV's INTER_RESIZE_COEF_BITS
 _COEF_SCALE = np.float32(1 << _COEF_BITS)
@@ -49,7 +64,7 @@ def resize_bilinear(image: np.ndarray, size: Size) -> np.ndarray:
     """
     if image.dtype != np.uint8:
         raise TypeError(f"resize_bilinear needs uint8, got {image.dtype}")
-    height, width = size
+    height, width = checked_size(size, image, BILINEAR_BYTES)
     if (height, width) == image.shape[:2]:
         return image.copy()
     x0, x1, a0, a1 = linear_taps(image.shape[1], width, clamp_weight=True)
@@ -69,10 +84,28 @@ def resize_bilinear(image: np.ndarray, size: Size) -> np.ndarray:
 
 def resize_nearest(array: np.ndarray, size: Size) -> np.ndarray:
     """Resize like ``cv::resize(INTER_NEAREST)``: source index ``floor(d * src/dst)``."""
-    height, width = size
+    height, width = checked_size(size, array, NEAREST_BYTES)
 
     def index(src: int, dst: int) -> np.ndarray:
         scale = 1.0 / (dst / src)
         return np.minimum(np.floor(np.arange(dst) * scale).astype(np.intp), src - 1)
 
     return array[index(array.shape[0], height)][:, index(array.shape[1], width)]
+
+
+def checked_size(size: Any, image: np.ndarray, bytes_per_value: int) -> Size:
+    """``size`` as (height, width) of whole numbers >= 1 whose resize of ``image`` fits the memory limit."""
+    try:
+        values = list(size)
+        if len(values) != 2 or any(isinstance(d, bool) for d in values):
+            raise TypeError("not two sizes")
+        height, width = (operator.index(d) for d in values)
+    except (TypeError, ValueError):
+        raise UserError(f"an image size must be two whole numbers (height, width), got {size!r}"[:200]) from None
+    if height < 1 or width < 1:
+        raise UserError(f"an image size must be at least 1x1, got {height}x{width}")
+    if min(image.shape[:2], default=0) < 1:
+        raise UserError(f"cannot resize an image of {image.shape[0]}x{image.shape[1]} pixels")
+    values = height * width * math.prod(image.shape[2:])
+    budget.check(values * bytes_per_value, f"resizing an image to {height}x{width}")
+    return height, width

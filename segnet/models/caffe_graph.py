@@ -16,6 +16,8 @@ import torch
 from torch import nn
 
 from converter import CaffeNet
+from converter.checkpoint import brief
+from converter.graph import MAX_BLOB_COUNT
 from converter.errors import UserError
 
 from segnet.data.resize import Size
@@ -93,7 +95,16 @@ class CaffeSegmenter(nn.Module):
         return int(self.net.input_shapes[self.input_name][1])
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        check_channels(images, self.in_channels)
         return self.net(**{self.input_name: images}, blobs=[self.blob])[self.blob]
+
+
+def check_channels(images: torch.Tensor, channels: int) -> None:
+    """Refuse a batch that is not N x ``channels`` x H x W: the model's first layer would fail on it."""
+    if images.dim() != 4 or images.shape[1] != channels:
+        given = f"{images.shape[1]}-channel images" if images.dim() == 4 else f"a {images.dim()}-D tensor"
+        raise UserError(f"the model takes {channels}-channel images (N x {channels} x H x W); it was given {given} "
+                        f"(shape {list(images.shape)})")  # fmt: skip
 
 
 def as_segmenter(model: nn.Module, probabilities: bool = False) -> nn.Module:
@@ -108,7 +119,16 @@ def declared_input_size(model: nn.Module) -> Size | None:
     if isinstance(model, CaffeNet):
         model = CaffeSegmenter(model)
     size = getattr(model, "input_size", None)
-    return (int(size[0]), int(size[1])) if size else None
+    return None if size is None else valid_input_size(size)
+
+
+def valid_input_size(size: object, where: str | None = None) -> Size:
+    """``size`` as (H, W): two whole numbers from 1 to 2^31-1 (Caffe's most for one blob), or a UserError."""
+    if not isinstance(size, (tuple, list)) or len(size) != 2 or \
+            not all(type(d) is int and 1 <= d <= MAX_BLOB_COUNT for d in size):  # fmt: skip
+        raise UserError(f"an input size must be [height, width], two whole numbers from 1 to {MAX_BLOB_COUNT}, "
+                        f"got {brief(size)}", where)  # fmt: skip
+    return size[0], size[1]
 
 
 def num_outputs(model: nn.Module) -> int | None:

@@ -12,11 +12,16 @@ either.
 Files of the wrong kind (a prototxt, a caffemodel, an image, anything else)
 are recognised from their first bytes and refused with a one-line
 :class:`CheckpointError` that says what the file is and what to do instead.
+Every field is checked for type and range before it is used (a valid
+checksum says the file is whole, not that what it holds makes sense), and
+an architecture must run: a forward pass is tried on the meta device (no
+memory, no arithmetic) before the model is used.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict
+import typing
+from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +31,14 @@ from torch import nn
 import converter
 from converter import CaffeNet, parse_net_text
 from converter import budget
-from converter.checkpoint import read_payload, write_payload
-from converter.errors import UserError
+from converter.checkpoint import brief, check_version, net_spec, read_payload, state_dict_of, write_payload
+from converter.errors import UserError, exception_name
 
-from segnet.models.caffe_graph import CaffeSegmenter, declared_input_size
+from segnet.models.caffe_graph import CaffeSegmenter, declared_input_size, valid_input_size
+from segnet.data.imageio import BYTES_PER_PIXEL
 from segnet.data.labels import LabelSpace
 from segnet.models.family import Architecture, SegNet
+from segnet.models.layers import CaffeBN
 from segnet.models.registry import build_model
 from segnet.models.surgery import apply_bn_layout, bn_layout
 
@@ -40,6 +47,7 @@ VERSION = 1
 CONVERTED_FORMAT = "caffe-net"  # what python -m converter writes
 GRAPH = "caffe-net"  # the "model" of a segnet checkpoint holding a converted graph trained as it is
 MAX_CLASSES = 256  # label maps are 8-bit PNGs
+BN_KINDS = ("pytorch", "LEARN", "INFERENCE")  # what bn_layout writes
 
 
 class CheckpointError(UserError):
@@ -97,7 +105,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         if problem:
             raise CheckpointError(problem, path)
     payload = read_payload(path, CheckpointError)
-    if not isinstance(payload, dict) or payload.get("format") not in (FORMAT, CONVERTED_FORMAT):
+    if not isinstance(payload, dict) or not isinstance(payload.get("format"), str) or \
+            payload["format"] not in (FORMAT, CONVERTED_FORMAT):  # fmt: skip
         raise CheckpointError("a torch file, but neither a segnet model checkpoint nor a converted Caffe net", path)
     return payload
 
@@ -144,47 +153,150 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> nn
     payload = read_checkpoint(path)
     if payload["format"] == CONVERTED_FORMAT:
         return converter.load(path, map_location=map_location).eval()
+    check_version(payload, VERSION, path, CheckpointError)
     try:
-        if payload["model"] == GRAPH:
-            spec = payload["net"]
-            model = CaffeNet(parse_net_text(spec["prototxt"], path), phase=spec["phase"],
-                             input_shapes={k: tuple(v) for k, v in spec["input_shapes"].items()})  # fmt: skip
-        else:
-            classes = payload["num_classes"]
-            if not isinstance(classes, int) or not 1 <= classes <= MAX_CLASSES:
-                raise CheckpointError(f"declares {classes!r} classes; label maps are 8-bit, so a model has 1 to "
-                                      f"{MAX_CLASSES}", path)  # fmt: skip
-            with budget.allocations("the model's parameters", path):
-                model = _build(payload)
-            apply_bn_layout(model, payload["bn"])
-        model.load_state_dict(payload["state_dict"])
-        if payload.get("label_space"):
-            model.label_space = LabelSpace.from_dict(payload["label_space"], path)
-        if payload.get("input_size"):
-            model.input_size = tuple(payload["input_size"])
+        model = _model(payload, path)
+        model.load_state_dict(state_dict_of(payload, path, CheckpointError))
+        if payload.get("label_space") is not None:
+            model.label_space = LabelSpace.from_dict(_label_space(payload["label_space"], path), path)
+        if payload.get("input_size") is not None:
+            model.input_size = _input_size(payload["input_size"], path)
     except UserError as exc:
-        raise CheckpointError(exc.problem, exc.path or path, exc.layer) from None
+        raise CheckpointError(exc.problem, exc.path or path, exc.layer) from exc
     except (KeyError, AttributeError, RuntimeError, TypeError, ValueError, ArithmeticError) as exc:
-        raise CheckpointError(f"damaged segnet checkpoint ({type(exc).__name__}: {exc})".splitlines()[0],
-                              path) from None  # fmt: skip
+        raise CheckpointError(f"damaged segnet checkpoint ({exception_name(exc)}: {exc})".splitlines()[0],
+                              path) from exc  # fmt: skip
     return model.to(map_location).eval()
 
 
-def _build(payload: dict[str, Any]) -> nn.Module:
-    """The (untrained) model a segnet checkpoint's description names."""
-    if "architecture" in payload:
-        arch = payload["architecture"]
-        arch = Architecture(**{k: tuple(map(tuple, v)) if k in ("encoder", "decoder") else
-                               tuple(v) if isinstance(v, list) else v for k, v in arch.items()})  # fmt: skip
-        model = SegNet(arch, num_classes=payload["num_classes"])
-        model.registry_name = payload["model"]
+def _model(payload: dict[str, Any], path: Path) -> nn.Module:
+    """The (untrained) model a segnet checkpoint describes, its fields checked first."""
+    name = payload.get("model")
+    if not isinstance(name, str):
+        raise CheckpointError(f"names its model by {brief(name)}, not a registry name", path)
+    if name == GRAPH:
+        text, phase, shapes = net_spec(payload.get("net"), path, CheckpointError)
+        return CaffeNet(parse_net_text(text, path), phase=phase, input_shapes=shapes)
+    classes = payload.get("num_classes")
+    if type(classes) is not int or not 1 <= classes <= MAX_CLASSES:
+        raise CheckpointError(f"declares {brief(classes)} classes; label maps are 8-bit, so a model has 1 to "
+                              f"{MAX_CLASSES}", path)  # fmt: skip
+    layout = _bn_layout(payload.get("bn"), path)
+    arch = _architecture(payload["architecture"], path) if "architecture" in payload else None
+    with budget.allocations("the model's parameters", path):
+        model = _build(name, classes, arch, path)
+    if arch is not None:  # after the build, whose memory check comes first
+        _check_runs(arch, classes, path)
+    modules = dict(model.named_modules())
+    strangers = [key for key in layout if not isinstance(modules.get(key), (nn.BatchNorm2d, CaffeBN))]
+    if strangers:
+        raise CheckpointError(f"gives a BN kind for '{strangers[0][:60]}', which is not a BN layer of the model", path)
+    return apply_bn_layout(model, layout)
+
+
+def _build(name: str, classes: int, arch: Architecture | None, path: Path) -> nn.Module:
+    """The (untrained) model of a checked description: an architecture of the SegNet family, or a registry name."""
+    if arch is not None:
+        model = SegNet(arch, num_classes=classes)
+        model.registry_name = name
         return model
-    return build_model(payload["model"], num_classes=payload["num_classes"])
+    try:
+        return build_model(name, num_classes=classes)
+    except KeyError as exc:  # a name the registry does not know
+        raise CheckpointError(str(exc.args[0])[:300], path) from exc
+
+
+def _input_size(size: Any, path: Path) -> tuple[int, int]:
+    """The declared (H, W): whole numbers in range, and an image of that size within the memory limit."""
+    height, width = valid_input_size(size, path)
+    budget.check(height * width * BYTES_PER_PIXEL, f"reading an image of its input size {height}x{width}", path)
+    return height, width
+
+
+def _bn_layout(layout: Any, path: Path) -> dict[str, str]:
+    if not isinstance(layout, dict) or not all(isinstance(k, str) and isinstance(v, str) and v in BN_KINDS
+                                               for k, v in layout.items()):  # fmt: skip
+        raise CheckpointError(f"its BN layout is {brief(layout)}, not BN kinds ({', '.join(BN_KINDS)}) by module",
+                              path)  # fmt: skip
+    return layout
+
+
+def _architecture(given: Any, path: Path) -> Architecture:
+    """An architecture of the SegNet family: each field of the type ``Architecture`` declares, every number at
+    least 1, kernels odd (the convolutions pad k//2 to keep sizes), no more decoder stages than encoder stages;
+    :func:`_check_runs` checks that it runs."""
+    hints = typing.get_type_hints(Architecture)
+    known = {f.name for f in fields(Architecture)}
+    if not isinstance(given, dict) or not set(given) <= known:
+        raise CheckpointError(f"its architecture is {brief(given)}, not the fields of an Architecture "
+                              f"({', '.join(sorted(known))})", path)  # fmt: skip
+    missing = [f.name for f in fields(Architecture) if f.default is MISSING and f.name not in given]
+    if missing:
+        raise CheckpointError(f"its architecture lacks {', '.join(missing)}", path)
+    for key, value in given.items():
+        if not _conforms(value, hints[key]):
+            raise CheckpointError(f"architecture field '{key}' is {brief(value)}, not {_type_name(hints[key])} "
+                                  "(numbers at least 1)", path)  # fmt: skip
+    arch = Architecture(**{k: _as_tuples(v) for k, v in given.items()})
+    if len(arch.decoder) > len(arch.encoder):  # each decoder stage unpools with its encoder stage's indices
+        raise CheckpointError(f"its architecture has {len(arch.decoder)} decoder stages for {len(arch.encoder)} "
+                              "encoder stages (at most one each)", path)  # fmt: skip
+    if arch.kernel % 2 == 0 or arch.classifier_kernel % 2 == 0:
+        raise CheckpointError(f"architecture kernels {arch.kernel} and {arch.classifier_kernel} must be odd (the "
+                              "model pads k//2 to keep sizes)", path)  # fmt: skip
+    return arch
+
+
+def _conforms(value: Any, hint: Any) -> bool:
+    """Whether a plain value from a file fits a type hint of ``Architecture`` (int, bool, str, tuple[X, ...])."""
+    if hint is bool or hint is str:
+        return type(value) is hint
+    if hint is int:
+        return type(value) is int and value >= 1
+    if typing.get_origin(hint) is tuple:
+        item = typing.get_args(hint)[0]
+        return isinstance(value, (list, tuple)) and all(_conforms(v, item) for v in value)
+    return False
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint)
+
+
+def _as_tuples(value: Any) -> Any:
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def _check_runs(arch: Architecture, classes: int, path: Path) -> None:
+    """Refuse an architecture whose stages do not fit together, by a forward pass on the meta device."""
+    side = 2 ** min(len(arch.encoder), 6)  # pooled down to about one pixel at the deepest stage
+    try:
+        with torch.device("meta"):
+            SegNet(arch, num_classes=classes)(torch.empty(1, 3, side, side))
+    except (RuntimeError, ValueError, IndexError, AttributeError, TypeError) as exc:
+        raise CheckpointError(f"its architecture cannot run: its stages do not fit together ({exception_name(exc)}: "
+                              f"{exc})".splitlines()[0], path) from exc  # fmt: skip
+
+
+def _label_space(data: Any, path: Path) -> dict[str, Any]:
+    """A saved label space's fields, of the types ``LabelSpace.to_dict`` writes (LabelSpace checks their ranges)."""
+    def numbers(value: Any, kinds: tuple[type, ...]) -> bool:
+        return isinstance(value, list) and all(type(v) in kinds for v in value)
+
+    if not isinstance(data, dict) or not (
+            isinstance(data.get("name", ""), str) and isinstance(data.get("source", ""), str)
+            and isinstance(data.get("names"), list) and all(isinstance(n, str) for n in data["names"])
+            and type(data.get("void")) is int
+            and isinstance(data.get("palette", []), list) and all(numbers(c, (int,)) for c in data.get("palette", []))
+            and (data.get("class_weights") is None or numbers(data["class_weights"], (int, float)))):  # fmt: skip
+        raise CheckpointError("its label space is not a name, names, a void id, a palette of [r, g, b] and class "
+                              "weights", path)  # fmt: skip
+    return data
 
 
 def model_name(path: str | Path) -> str:
     """The registry name of the model in a segnet checkpoint."""
     payload = read_checkpoint(path)
-    if payload["format"] != FORMAT:
-        raise CheckpointError("not a segnet model checkpoint", path)
+    if payload["format"] != FORMAT or not isinstance(payload.get("model"), str):
+        raise CheckpointError("not a segnet model checkpoint (no model name)", path)
     return payload["model"]

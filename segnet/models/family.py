@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from segnet.data.labels import default_num_classes
+from segnet.models.caffe_graph import check_channels
 from segnet.models.layers import LRN, BNKind, MaxPoolIndices, Unpool, make_bn
 
 
@@ -112,7 +113,7 @@ class SegNet(nn.Module):
     ):
         super().__init__()
         num_classes = default_num_classes() if num_classes is None else num_classes
-        self.arch, self.num_classes = arch, num_classes
+        self.arch, self.num_classes, self.in_channels = arch, num_classes, in_channels
         channels = self._build_encoder(in_channels, bn)
         self._build_decoder(channels, num_classes, bn)
         self.reset_parameters()
@@ -219,6 +220,7 @@ class SegNet(nn.Module):
         return getattr(self, self.classifier_name)(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_channels(x, self.in_channels)
         return self.decode(self.encode(x))
 
     def reset_parameters(self) -> None:

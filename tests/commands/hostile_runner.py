@@ -18,23 +18,19 @@ import contextlib
 import importlib
 import io
 import json
-import re
 import resource
 import sys
 import traceback
 from pathlib import Path
 
 
-def _status_kb(field: str) -> int:
-    match = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
-    return int(match.group(1)) if match else 0
-
-
 def _reset_peak() -> bool:
+    from segnet.deploy.measure import reset_peak_rss  # the project is on sys.path by then
+
     try:
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident size
+        reset_peak_rss()
         return True
-    except OSError:
+    except OSError:  # no /proc/self/clear_refs here: no peak measured
         return False
 
 
@@ -42,6 +38,7 @@ def main() -> None:
     cases_file, results_file, cap = sys.argv[1], sys.argv[2], int(sys.argv[3])
     resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from segnet.deploy.measure import current_rss_mb, peak_rss_mb
     import torch
 
     torch.set_num_threads(1)
@@ -54,7 +51,7 @@ def main() -> None:
         budget.set_limit(None)  # each case starts from the environment and the default, as a new process does
         out, err = io.StringIO(), io.StringIO()
         measured = _reset_peak()
-        before = _status_kb("VmRSS")
+        before = current_rss_mb()
         status, trace = None, None
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
@@ -66,7 +63,7 @@ def main() -> None:
         results.append({
             "id": case["id"], "status": status, "stdout": out.getvalue(), "stderr": err.getvalue(),
             "traceback": trace, "limit": budget.limit(),
-            "peak_rss": (_status_kb("VmHWM") - before) * 1024 if measured else None,
+            "peak_rss": (peak_rss_mb() - before) * 2**20 if measured else None,
         })  # fmt: skip
     Path(results_file).write_text(json.dumps(results))
 

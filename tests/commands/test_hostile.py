@@ -727,3 +727,71 @@ def test_resumed_log_is_cut_at_the_resumed_iteration(files, tmp_path):
     _train(files, run, 2)  # a new run in the same folder starts a new log
     assert [json.loads(line)["event"] for line in (run / "log.jsonl").read_text().splitlines()][0] == "start"
     assert sum(json.loads(line)["event"] == "start" for line in (run / "log.jsonl").read_text().splitlines()) == 1
+
+
+# ---------------------------------------------------------------- what fuzzing found
+
+
+@LINUX_ONLY
+def test_fuzzing_findings_end_in_one_error_line(tmp_path):
+    """Each input that once broke a reader (tests/fuzz/findings.py) ends in exit status 2 and one ``error:`` line
+    naming the problem, without a traceback or an output, under the 3 GiB cap."""
+    from fuzz.findings import build_cases
+
+    cases = build_cases(tmp_path / "findings")
+    results = {r["id"]: r for r in _run_workers(cases, tmp_path)}
+    failures = [f"{case['id']}: {problem}" for case in cases
+                if (problem := _clean_failure(results[case["id"]], case["expect"]))]  # fmt: skip
+    assert not failures, "\n\n".join(failures)
+    assert not (tmp_path / "findings" / "out").exists()
+    peak, case = max((r["peak_rss"] or 0, r["id"]) for r in results.values())
+    assert peak < 1 << 30, (case, peak)
+
+
+def test_unexpected_exceptions_are_one_line_bugs_with_status_3(monkeypatch, capsys):
+    """The last line of defence: an exception no reader turned into a UserError is a bug, said in one line."""
+    from converter import cli
+    from converter.errors import BUG_STATUS, DEBUG_ENV, command_name, run_command, set_debug
+    from segnet import predict
+
+    assert command_name(cli.main) == "python -m converter"
+    assert command_name(predict.main) == "python -m segnet.predict"
+
+    def broken() -> None:
+        raise KeyError("no such thing")
+
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    assert run_command(broken) == BUG_STATUS == 3
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "failed with an unexpected KeyError: 'no such thing'" in err
+    assert "a bug in this project: please report it" in err and "--debug" in err
+    monkeypatch.setenv(DEBUG_ENV, "1")
+    assert run_command(broken) == 3
+    assert "Traceback (most recent call last)" in capsys.readouterr().err
+    monkeypatch.delenv(DEBUG_ENV)
+    set_debug(True)
+    try:
+        assert run_command(broken) == 3
+        assert "Traceback" in capsys.readouterr().err
+    finally:
+        set_debug(False)
+
+
+@pytest.mark.parametrize("command", ["converter", "segnet.predict", "segnet.train"])
+def test_debug_option_shows_tracebacks(command, files, tmp_path, capsys):
+    """``--debug`` on every command: an error keeps its one line and shows its traceback before it."""
+    import importlib
+
+    from converter.errors import set_debug
+
+    main = importlib.import_module("converter.cli" if command == "converter" else command).main
+    argv = {"converter": [str(files["empty"]), "-q", "--debug"],
+            "segnet.predict": [str(files["ckpt_truncated"]), str(files["image"]), "-o", str(tmp_path), "--debug"],
+            "segnet.train": ["--data", str(tmp_path / "none"), "--iterations", "1", "--debug"]}[command]  # fmt: skip
+    try:
+        assert main(argv) == 2
+    finally:
+        set_debug(False)
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and err.strip().splitlines()[-1].startswith("error: ")
