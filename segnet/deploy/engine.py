@@ -27,7 +27,7 @@ import contextlib
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -39,7 +39,7 @@ from converter import CaffeNet
 from converter.atomic import atomic_write
 from converter.errors import UserError
 
-from segnet.deploy.inference import WINOGRAD_MIN_CHANNELS, BF16, optimize_for_inference
+from segnet.deploy.inference import WINOGRAD_MIN_CHANNELS, Autocast, optimize_for_inference
 from segnet.deploy.measure import cpu_has_bf16, cpu_name
 from segnet.deploy.winograd import WinogradConv2d, is_winograd_eligible, transform_weight, winograd_conv3x3
 from segnet.devices import pick_device
@@ -69,17 +69,15 @@ class Engine:
     path: list[str]  # what was chosen, for the user
     reference: Callable[[torch.Tensor], torch.Tensor] | None = None  # float32, for the first batch's agreement
     agreement: float | None = None  # argmax agreement with float32 on the first batch (bf16 / fp16)
-    batches: int = field(default=0, init=False)
 
     @torch.no_grad()
     def labels(self, images: torch.Tensor) -> torch.Tensor:
         x = images.to(self.device, non_blocking=True)
         ids = labels_from_output(self.forward(x), self.num_classes)
-        if self.reference is not None and self.batches == 0:
+        if self.reference is not None:  # the first batch: measured once, then the float32 copy is freed
             exact = labels_from_output(self.reference(x), self.num_classes)
             self.agreement = float((exact == ids).double().mean())
-            self.reference = None  # measured once: free the float32 copy
-        self.batches += 1
+            self.reference = None
         return ids.to(torch.uint8).cpu()
 
     def describe(self) -> str:
@@ -115,6 +113,7 @@ def build_engine(model: nn.Module, device: str | torch.device = "auto", precisio
     if not classes:
         raise UserError("the model does not say how many classes it scores: give its label space (--labels)")
     size = input_size or declared_input_size(model)
+    channels = _in_channels(model)
     path: list[str] = []
     fast = _readable(model, path)
     if fast is None:
@@ -128,11 +127,11 @@ def build_engine(model: nn.Module, device: str | torch.device = "auto", precisio
         reference = _lean(fast, device, "fp32", path=[]) if precision != "fp32" else None
         fast = _lean(fast, device, precision, path)
         if device.type == "cpu" and precision == "fp32" and winograd is not False and size is not None:
-            _use_winograd(fast, (batch_size, _in_channels(model), *size), winograd, path)
+            _use_winograd(fast, (batch_size, channels, *size), winograd, path)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # one input size: cuDNN's fastest algorithms are worth measuring
         if size is not None:
-            fast = _cuda_graph(fast, (batch_size, _in_channels(model), *size), device, path)
+            fast = _cuda_graph(fast, (batch_size, channels, *size), device, path)
     return Engine(fast, device, precision, int(classes), size, path, reference)
 
 
@@ -166,9 +165,7 @@ def _lean(model: nn.Module, device: torch.device, precision: str, path: list[str
 
 
 def _autocast(model: nn.Module, precision: str) -> nn.Module:
-    if precision == "bf16":
-        return BF16(model)
-    return _Half(model)
+    return Autocast(model, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 class _TestModeDropout(nn.Module):
@@ -181,18 +178,6 @@ class _TestModeDropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with dropout_sampling(self.model, False):
             return self.model(x)
-
-
-class _Half(nn.Module):
-    """float16 autocast (CUDA), float32 scores out."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(x.device.type, dtype=torch.float16):
-            return self.model(x).float()
 
 
 def _in_channels(model: nn.Module) -> int:

@@ -87,15 +87,15 @@ class CompactUnpool(nn.Module):
         return out if (h, w) == (2 * oh, 2 * ow) else out[:, :, :h, :w]
 
 
-class BF16(nn.Module):
-    """Run a module under bfloat16 autocast; with ``to_float``, return float32."""
+class Autocast(nn.Module):
+    """Run a module under autocast to ``dtype`` (bfloat16 by default); with ``to_float``, return float32."""
 
-    def __init__(self, model: nn.Module, to_float: bool = True):
+    def __init__(self, model: nn.Module, to_float: bool = True, dtype: torch.dtype = torch.bfloat16):
         super().__init__()
-        self.model, self.to_float = model, to_float
+        self.model, self.to_float, self.dtype = model, to_float, dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+        with torch.autocast(x.device.type, dtype=self.dtype):
             y = self.model(x)
         return y.float() if self.to_float else y
 
@@ -143,10 +143,10 @@ def optimize_for_inference(
             raise ValueError("bf16='decoder' needs a SegNet-family model")
         decoder = [name for name, _ in model.conv_units()][sum(len(w) for w in model.arch.encoder) :]
         for name in decoder:
-            setattr(model, name, BF16(getattr(model, name), to_float=False))
-        setattr(model, model.classifier_name, BF16(getattr(model, model.classifier_name)))
+            setattr(model, name, Autocast(getattr(model, name), to_float=False))
+        setattr(model, model.classifier_name, Autocast(getattr(model, model.classifier_name)))
         return model
-    return BF16(model) if bf16 else model
+    return Autocast(model) if bf16 else model
 
 
 def index_memory(model: SegNet, size: tuple[int, int] = DEFAULT_IMAGE_SIZE, batch: int = 1) -> dict[str, int]:
