@@ -43,6 +43,14 @@ def prototxt_dir() -> Path:
     return _need(SHARED / "prototxt", "SegNet-Tutorial prototxt files")
 
 
+@pytest.fixture(autouse=True)
+def private_engine_cache(tmp_path, monkeypatch):
+    """The inference engine's timings go to the test's own folder (``tmp_path / "cache"``), not the user's."""
+    from segnet.deploy.engine import CACHE_ENV
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+
+
 # ---------------------------------------------------------------- fidelity report
 #
 # Oracle tests record their worst error per case here; the table is printed

@@ -126,14 +126,18 @@ def read_size(path: str | Path, kind: str = "image") -> tuple[int, int]:
         return image.size[1], image.size[0]
 
 
-def read_image_bgr(path: str | Path) -> np.ndarray:
-    """An image file as an HxWx3 uint8 BGR array (what OpenCV's imread gives)."""
+def read_image_rgb(path: str | Path) -> np.ndarray:
+    """An image file as an HxWx3 uint8 RGB array (for pictures shown to people)."""
     path = Path(path)
     image = _open(path, "image")
     if image.mode not in _COLOUR_MODES:
         raise DataError(f"unsupported pixel format {image.mode} in image file {path}")
-    rgb = _reading(path, "image", lambda: np.asarray(image.convert("RGB") if image.mode != "RGB" else image))
-    return np.ascontiguousarray(rgb[:, :, ::-1])
+    return _reading(path, "image", lambda: np.asarray(image.convert("RGB") if image.mode != "RGB" else image))
+
+
+def read_image_bgr(path: str | Path) -> np.ndarray:
+    """An image file as an HxWx3 uint8 BGR array (what OpenCV's imread gives)."""
+    return np.ascontiguousarray(read_image_rgb(path)[:, :, ::-1])
 
 
 def read_label(path: str | Path, label_space: LabelSpace, kind: str = "label") -> np.ndarray:
@@ -161,10 +165,14 @@ def load_image(path: str | Path, size: Size | None = None) -> np.ndarray:
     ``size`` = (new_height, new_width) resizes like DenseImageData (bilinear,
     rounded to uint8 before the conversion to float).
     """
-    image = read_image_bgr(path)
+    return as_network_input(read_image_bgr(path), size)
+
+
+def as_network_input(bgr: np.ndarray, size: Size | None = None) -> np.ndarray:
+    """An HxWx3 uint8 BGR image as the network input (3xHxW float32, 0..255), resized like DenseImageData."""
     if size is not None:
-        image = resize_bilinear(image, size)
-    return np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
+        bgr = resize_bilinear(bgr, size)
+    return np.ascontiguousarray(bgr.transpose(2, 0, 1), dtype=np.float32)
 
 
 def load_label(path: str | Path, label_space: LabelSpace, size: Size | None = None) -> np.ndarray:

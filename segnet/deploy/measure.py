@@ -34,6 +34,15 @@ def reset_peak_rss() -> None:
         f.write("5")
 
 
+def try_reset_peak_rss() -> bool:
+    """:func:`reset_peak_rss` where the system allows it; False (no peak to measure from now) where it does not."""
+    try:
+        reset_peak_rss()
+        return True
+    except OSError:
+        return False
+
+
 def cpu_has_bf16() -> bool:
     """Whether this CPU does bfloat16 arithmetic natively (AVX-512 BF16 or AMX); elsewhere PyTorch emulates
     it, hundreds of times slower than float32, so bf16 paths are not worth running or timing."""

@@ -37,7 +37,7 @@ from segnet.data.resize import Size, resize_nearest
 from segnet.deploy.batcher import BatchInfo, Batcher
 from segnet.deploy.engine import Engine
 from segnet.deploy.uploads import UploadError, check_upload, network_input, photo_rgb, pixel_limit
-from segnet.evaluation.figures import map_with_legend
+from segnet.deploy.writers import uncertainty_map
 from segnet.models.caffe_graph import as_segmenter
 from segnet.models.mc_dropout import dropout_layers, mc_dropout_predict
 
@@ -175,8 +175,7 @@ class SegmentService:
         mask = Image.fromarray(self._mask(done.labels), mode="RGBA")
         uncertainty = None
         if done.uncertainty is not None:
-            uncertainty = map_with_legend(done.uncertainty, f"uncertainty: variance of class probabilities over "
-                                                            f"{done.samples} samples (mean over classes)")  # fmt: skip
+            uncertainty = uncertainty_map(done.uncertainty, done.samples)
         photo.thumbnail((PAGE_SIDE, PAGE_SIDE), Image.Resampling.BILINEAR)
         mask.thumbnail((PAGE_SIDE, PAGE_SIDE), Image.Resampling.NEAREST)  # class colours stay class colours
         labels = f"data:image/png;base64,{base64.b64encode(self.label_png(done.labels)).decode()}"

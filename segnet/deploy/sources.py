@@ -21,8 +21,8 @@ from torch.utils.data import Dataset
 
 from converter.errors import UserError
 
-from segnet.data.imageio import load_image
-from segnet.data.resize import Size, resize_bilinear
+from segnet.data.imageio import as_network_input, load_image
+from segnet.data.resize import Size
 from segnet.data.splits import IMAGE_SUFFIXES
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv")
@@ -135,11 +135,8 @@ def video_frames(path: Path) -> tuple[Iterator[np.ndarray], float]:
 
 
 def frame_input(rgb: np.ndarray, size: Size | None) -> torch.Tensor:
-    """A video frame as the network input: 3xHxW float BGR 0..255, resized like an image file."""
-    bgr = np.ascontiguousarray(rgb[..., ::-1])
-    if size is not None and tuple(size) != bgr.shape[:2]:
-        bgr = resize_bilinear(bgr, size)
-    return torch.from_numpy(np.ascontiguousarray(bgr.transpose(2, 0, 1), dtype=np.float32))
+    """A video frame (RGB) as the network input, exactly as an image file of its pixels is read."""
+    return torch.from_numpy(as_network_input(np.ascontiguousarray(rgb[..., ::-1]), size))
 
 
 class VideoWriter:

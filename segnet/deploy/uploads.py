@@ -24,7 +24,7 @@ import numpy as np
 from converter import budget
 from converter.errors import UserError
 
-from segnet.data.imageio import BYTES_PER_PIXEL, load_image, read_image_bgr, read_size
+from segnet.data.imageio import BYTES_PER_PIXEL, load_image, read_image_rgb, read_size
 from segnet.data.resize import Size
 
 #: The first bytes of the formats the readers open (segnet.data.imageio.FORMATS).
@@ -109,7 +109,7 @@ def network_input(path: Path, size: Size | None) -> np.ndarray:
 
 def photo_rgb(path: Path) -> np.ndarray:
     """The upload as an HxWx3 uint8 RGB array (for the page's picture)."""
-    return np.ascontiguousarray(_reading(path, lambda: read_image_bgr(path))[..., ::-1])
+    return _reading(path, lambda: read_image_rgb(path))
 
 
 def _reading(path: Path, step: Callable[[], T]) -> T:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segnet.data.imageio import read_image_bgr, read_size
+from segnet.data.imageio import read_image_rgb, read_size
 from segnet.data.labels import LabelSpace
 from segnet.data.resize import resize_nearest
 from segnet.deploy.sources import Item
@@ -38,6 +38,12 @@ def overlay(rgb: np.ndarray, labels: np.ndarray, space: LabelSpace):
     return overlay_with_legend(rgb, labels, space.names, space.rgb_palette())
 
 
+def uncertainty_map(uncertainty: np.ndarray, samples: int):
+    """The Monte-Carlo uncertainty (variance of the class probabilities, mean over classes) with its legend."""
+    return map_with_legend(uncertainty, f"uncertainty: variance of class probabilities over {samples} samples "
+                                        "(mean over classes)")  # fmt: skip
+
+
 def write_outputs(staging: Path, item: Item, labels: np.ndarray, space: LabelSpace, with_overlay: bool,
                   uncertainty: np.ndarray | None = None, samples: int = 0) -> str:  # fmt: skip
     """Write one image's outputs (labels at the model's size, resized here); returns the line to print."""
@@ -49,14 +55,12 @@ def write_outputs(staging: Path, item: Item, labels: np.ndarray, space: LabelSpa
     target.parent.mkdir(parents=True, exist_ok=True)
     space.to_image(labels).save(target, format="PNG")
     if with_overlay:
-        rgb = np.ascontiguousarray(read_image_bgr(item.path)[..., ::-1])
+        rgb = read_image_rgb(item.path)
         overlay(rgb, labels, space).save(staging / names[1], format="PNG")
     if uncertainty is not None:
         if uncertainty.shape != size:
             uncertainty = resize_nearest(uncertainty, size)
-        figure = map_with_legend(uncertainty, f"uncertainty: variance of class probabilities over {samples} samples "
-                                              "(mean over classes)")  # fmt: skip
-        figure.save(staging / names[-1], format="PNG")
+        uncertainty_map(uncertainty, samples).save(staging / names[-1], format="PNG")
     present = int(np.count_nonzero(np.bincount(labels.ravel(), minlength=256)[: space.num_outputs]))
     return f"{item.path}: wrote {' and '.join(names)} ({size[0]}x{size[1]}, {present} classes present)"
 

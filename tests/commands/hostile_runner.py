@@ -24,21 +24,11 @@ import traceback
 from pathlib import Path
 
 
-def _reset_peak() -> bool:
-    from segnet.deploy.measure import reset_peak_rss  # the project is on sys.path by then
-
-    try:
-        reset_peak_rss()
-        return True
-    except OSError:  # no /proc/self/clear_refs here: no peak measured
-        return False
-
-
 def main() -> None:
     cases_file, results_file, cap = sys.argv[1], sys.argv[2], int(sys.argv[3])
     resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from segnet.deploy.measure import current_rss_mb, peak_rss_mb
+    from segnet.deploy.measure import current_rss_mb, peak_rss_mb, try_reset_peak_rss
     import torch
 
     torch.set_num_threads(1)
@@ -50,7 +40,7 @@ def main() -> None:
         command = importlib.import_module(name).main
         budget.set_limit(None)  # each case starts from the environment and the default, as a new process does
         out, err = io.StringIO(), io.StringIO()
-        measured = _reset_peak()
+        measured = try_reset_peak_rss()
         before = current_rss_mb()
         status, trace = None, None
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

@@ -25,11 +25,6 @@ from conftest import ROOT
 EXAMPLE = ROOT / "examples" / "segnet_basic_camvid"
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv(engines.CACHE_ENV, str(tmp_path / "cache"))
-
-
 @pytest.fixture(scope="module")
 def example(tmp_path_factory):
     """The shipped example, converted."""

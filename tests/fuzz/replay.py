@@ -20,16 +20,6 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def _reset_peak() -> bool:
-    from segnet.deploy.measure import reset_peak_rss  # the project is on sys.path by then
-
-    try:
-        reset_peak_rss()
-        return True
-    except OSError:  # no /proc/self/clear_refs here: no peak measured
-        return False
-
-
 def outcome(reader: str, data: bytes, work) -> str:
     from fuzz import targets
 
@@ -54,7 +44,7 @@ def main() -> None:
     results_file, cap, readers = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
     resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     sys.path[:0] = [str(HERE.parents[1]), str(HERE.parent)]  # the project before tests/, whose folders share names
-    from segnet.deploy.measure import current_rss_mb, peak_rss_mb
+    from segnet.deploy.measure import current_rss_mb, peak_rss_mb, try_reset_peak_rss
     import torch
 
     torch.set_num_threads(1)
@@ -64,7 +54,7 @@ def main() -> None:
     results = []
     for reader in readers:
         for name, data in inputs(reader).items():
-            measured = _reset_peak()
+            measured = try_reset_peak_rss()
             before = current_rss_mb()
             runs = [outcome(reader, data, work) for _ in range(2)]
             peak = (peak_rss_mb() - before) * 2**20 if measured else None

@@ -21,11 +21,6 @@ from conftest import ROOT
 EXAMPLE = ROOT / "examples" / "segnet_basic_camvid"
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv(engines.CACHE_ENV, str(tmp_path / "cache"))
-
-
 def _agreement(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.long() == b.long()).double().mean())
 
