@@ -98,17 +98,19 @@ def _command(args: argparse.Namespace) -> int:
     refuse_overwriting_inputs(outputs, [args.model, *(str(item.path) for item in items)])
     images, videos = [i for i in items if not i.is_video], [i for i in items if i.is_video]
     start = time.perf_counter()
+    # The model is made ready before any output folder appears: a model that cannot run leaves nothing.
+    engine = sampler = None
+    if args.mc_samples:
+        sampler = as_segmenter(model, probabilities=True)
+    else:
+        device = pick_device(args.device)
+        args.batch_size = args.batch_size or (CUDA_BATCH if device.type == "cuda" else CPU_BATCH)
+        engine = build_engine(model, device, args.precision, size, args.batch_size, num_classes=space.num_outputs)
     # All inputs segmented, or no file written: a failure on input k leaves nothing behind.
     with staged_outputs(out) as staging:
-        if args.mc_samples:
-            lines = sample_images(as_segmenter(model, probabilities=True), images, space, size, staging,
-                                  args.mc_samples, args.overlay, args.progress)
-            engine = None
+        if sampler is not None:
+            lines = sample_images(sampler, images, space, size, staging, args.mc_samples, args.overlay, args.progress)
         else:
-            device = pick_device(args.device)
-            args.batch_size = args.batch_size or (CUDA_BATCH if device.type == "cuda" else CPU_BATCH)
-            engine = build_engine(model, device, args.precision, size, args.batch_size,
-                                  num_classes=space.num_outputs)
             lines = segment_images(engine, images, space, staging, args.batch_size, args.workers, args.overlay,
                                    args.progress)
             lines += [segment_video(engine, video, space, staging, args.batch_size) for video in videos]

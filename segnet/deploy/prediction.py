@@ -32,7 +32,7 @@ def segment_images(engine: Engine, items: list[Item], space: LabelSpace, staging
     if not items:
         return []
     batch = batch_size if engine.input_size is not None else 1  # images of their own sizes go one by one
-    workers = min(workers, len(items))
+    workers = min(workers, len(items) - 1)  # one image gains nothing from decoding beside the model
     loader = DataLoader(ImageFiles(items, engine.input_size), batch_size=batch, num_workers=workers,
                         collate_fn=collate_images, pin_memory=engine.device.type == "cuda")
     writer = BackgroundWriter()
