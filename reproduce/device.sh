@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On a GPU machine: train pending Table 1 rows at the paper's budget within --minutes (reproduce/DEVICE.md).
-#   bash reproduce/device.sh --minutes 9 --out "$OUT" [--concurrent N] [--compile] [--tiny]
+#   bash reproduce/device.sh --minutes 9 --out "$OUT" [--group R] [--concurrent N] [--compile] [--tiny]
 # The clock starts here, before the project is installed: --minutes bounds the whole command.
 set -euo pipefail
 export SEGNET_DEVICE_START="${SEGNET_DEVICE_START:-$(date +%s.%N)}"

@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import time
 from dataclasses import asdict, dataclass, replace
@@ -52,7 +53,7 @@ class Budget:
 
 
 PAPER_BUDGET = Budget(16000, 12, (360, 480), 1000, False, "full")
-#: The paper's budget as the GPU runner trains it (reproduce/device.py): bf16 autocast (the paper: fp32 Caffe).
+#: The full budget as the GPU runner trains it (reproduce/device.py): bf16 autocast (the paper: fp32 Caffe).
 DEVICE_BUDGET = replace(PAPER_BUDGET, bf16=True)
 CPU_BUDGET = Budget(80, 12, (90, 120), 40, True, "cpu")
 
@@ -195,6 +196,60 @@ def score_cells(result: dict) -> list[str]:
     return [f"{paper[m]:.1f} / {result['test'][m]:.1f} / {result['test'][m] - paper[m]:+.1f}" for m in METRICS]
 
 
+TRAIN_IMAGES = 367  # CamVid's training split
+
+
+def budget_note(done: list[dict]) -> str:
+    """Why the full budget is what it is: the project's choice, the references it was weighed against."""
+    images = PAPER_BUDGET.iterations * PAPER_BUDGET.batch_size
+    text = (f"{PAPER_BUDGET.iterations:,} iterations of batch {PAPER_BUDGET.batch_size} is this project's choice, "
+            "not a number from the paper: the paper trains each variant until its training loss converges "
+            f"(mini-batches of {PAPER_BUDGET.batch_size}, fp32 Caffe) and gives no iteration count, and "
+            "SegNet-Tutorial's Models/segnet_basic_solver.prototxt stops at 10,000 iterations of the batch of 4 its "
+            f"train prototxt ships with (40,000 images, {40000 / TRAIN_IMAGES:.0f} epochs). {PAPER_BUDGET.iterations:,} "
+            f"iterations of {PAPER_BUDGET.batch_size} images are {images:,} images, {images / TRAIN_IMAGES:.0f} epochs of the "
+            f"{TRAIN_IMAGES} training images, {images / 40000:.1f} times the Tutorial's")  # fmt: skip
+    picked = sorted({r["best_iteration"] for r in done if "best_iteration" in r})
+    if picked:
+        text += (f"; the rows run so far peaked on validation at iteration {', '.join(map(str, picked))} of "
+                 f"{PAPER_BUDGET.iterations}, inside the budget")  # fmt: skip
+    return text + "."
+
+
+def _values(scores: dict, keys: list[str], form: str = ".2f") -> str:
+    return " / ".join(format(scores[k], form) for k in keys)
+
+
+def data_note(packs: list[str], results: Path = RESULTS) -> str:
+    """What the JPEG pack was measured to do: at test time (the example model) and in training (a CPU budget)."""
+    notes = []
+    test_time = results / "jpeg_test_time.json"
+    if test_time.exists():
+        measured = json.loads(test_time.read_text())
+        qualities = [m.group(1) for m in (re.search(r"quality (\d+)", p) for p in packs) if m] or ["94"]
+        for quality in dict.fromkeys(qualities):
+            entry = measured["jpeg"].get(quality)
+            if entry is None:
+                notes.append(f"JPEG quality {quality} was not measured at test time")
+                continue
+            keys = list(measured["png"])
+            notes.append(
+                "its effect at test time, measured on the example model (SegNet-Basic, examples/segnet_basic_camvid) "
+                "by `python reproduce/jpeg_effect.py --test-time` (reproduce/results/jpeg_test_time.md): "
+                f"{' / '.join(keys)} {_values(measured['png'], keys)} from the {measured['images']} test PNGs, "
+                f"{_values(entry['scores'], keys)} from JPEG q{quality} copies of them "
+                f"({_values(entry['difference'], keys, '+.2f')}), "
+                f"predicted labels equal on {100 * entry['label_agreement']:.2f}% of the test pixels (that model takes "
+                "180x240: halving the images hides part of the JPEG error a 360x480 model sees)")  # fmt: skip
+    training = results / "jpeg_effect.json"
+    if training.exists():
+        effect = json.loads(training.read_text())
+        verdict = "within" if effect.get("within_noise") else "not shown to be within"
+        notes.append("its effect on training was measured only at a tiny CPU budget (reproduce/results/jpeg_effect.md"
+                     f"), where it was {verdict} the seeds' own spread; at this budget it is not measured")  # fmt: skip
+    return "; ".join(notes)
+
+
 def assemble_device_table(rows: dict[tuple[str, str], dict | None], name: str) -> str:
     """The report of the rows trained by reproduce/device.py: every Table 1 row, those not run marked so."""
     done = [r for r in rows.values() if r is not None]
@@ -203,16 +258,17 @@ def assemble_device_table(rows: dict[tuple[str, str], dict | None], name: str) -
     machines = sorted({r.get("hardware", "not recorded") for r in done}) or ["none yet"]
     packs = sorted({r["data"]["images"] for r in done if "data" in r})
     scored = sorted({r["scored_on"] for r in done if "scored_on" in r})
+    measured = data_note(packs)
     lines = [
-        "# Table 1 at the paper's budget: decoder variants on CamVid",
+        "# Table 1 at the full budget: decoder variants on CamVid",
         "",
         "- trained by `bash reproduce/device.sh --minutes 9 --out $OUT` on a GPU machine (reproduce/DEVICE.md), "
         "filed and scored by `python reproduce/device.py collect FOLDER`, assembled by "
         f"`python reproduce/table1.py --report{'' if name == 'full' else ' --tag ' + name}`",
-        f"- budget: {'; '.join(budgets)}; the paper's: {PAPER_BUDGET.describe()} (Caffe)",
+        f"- budget: {'; '.join(budgets)}. {budget_note(done)}",
         f"- training hardware: {'; '.join(machines)}",
         "- training data: CamVid train (367) and val (101) as packed by reproduce/pack_data.py"
-        + (f": {'; '.join(packs)}" if packs else ""),
+        + (f": {'; '.join(packs)}" if packs else "") + (f"; {measured}" if measured else ""),
         "- test: the 233 original CamVid test PNGs, metrics at 360x480 (G, C, mIoU, BF at 0.75% of the diagonal), "
         f"percent, scored on {'; '.join(scored) if scored else 'this machine (none scored yet)'}",
         "- model selection: best validation global accuracy, as in the paper",
@@ -228,15 +284,18 @@ def assemble_device_table(rows: dict[tuple[str, str], dict | None], name: str) -
             status = "not run yet" if r is None else r.get("diverged", "trained, not scored yet (no checkpoint here)")
             lines.append(f"| {variant} | {balancing} | | {status} | | | | | | | |")
             continue
+        rate = f"{r['images_per_s']:.0f}" + (f" ({r['group_images_per_s']:.0f} for its set)"
+                                             if "group_images_per_s" in r else "")  # fmt: skip
         lines.append(
             f"| {variant} | {balancing} | {r['params'] / 1e6:.3f} / {PAPER_PARAMS_M[variant]} | "
             + " | ".join(score_cells(r))
-            + f" | {r['best_iteration']} | {r['images_per_s']:.0f} | {r['wall_seconds']:.0f} | "
+            + f" | {r['best_iteration']} | {rate} | {r['wall_seconds']:.0f} | "
             f"{r['inference_ms']:.1f} / {PAPER_TIME_MS[variant]} |"
         )
     lines += ["", "Train images/s: training steps only (validation and checkpoints left out), over all of a row's "
-              "device calls. Inference: one 360x480 image, fp32, on the training GPU; the paper's on a 2015 "
-              "NVIDIA Titan."]  # fmt: skip
+              "device calls; a row trained with its variant's other row as one grouped network "
+              "(`reproduce/device.py run --group`) shows the set's total in brackets. Inference: one 360x480 image, "
+              "fp32, on the training GPU; the paper's on a 2015 NVIDIA Titan."]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -262,7 +321,7 @@ def write_report(results_root: Path, name: str, data: str | None, progress: bool
     print(text)
     if write_if_changed(md, text) or not png.exists():
         plot([r for r in rows.values() if r is not None], png,
-             f"Table 1 at the paper's budget: mIoU and BF, paper vs ours ({sum(r is not None for r in rows.values())} "
+             f"Table 1 at the full budget: mIoU and BF, paper vs ours ({sum(r is not None for r in rows.values())} "
              f"of {len(rows)} rows run)")  # fmt: skip
         print(f"wrote {md} and {png}")
     else:
@@ -380,9 +439,18 @@ def recorded_hardware(results: list[dict]) -> str:
 MIB = 2**20
 
 
-def row_state_bytes(variant: str) -> int:
-    """Bytes a cut row's state takes: last.pt (weights and momentum) and best.pt, plus logs."""
+LOG_BYTES = MIB // 4  # a row's logs and small JSON files (log.jsonl at 16,000 iterations: about 50 KiB)
+
+
+def row_sizes(variant: str) -> tuple[int, int]:
+    """Bytes of a variant's weights (a checkpoint's state_dict) and of its SGD momentum (one per parameter)."""
     model = build_model(model_name(variant))
     weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     momentum = sum(p.numel() * p.element_size() for p in model.parameters())
-    return 2 * weights + momentum + MIB // 4
+    return weights, momentum
+
+
+def row_state_bytes(variant: str) -> int:
+    """Bytes a cut row's state takes: last.pt (weights and momentum) and best.pt, plus logs."""
+    weights, momentum = row_sizes(variant)
+    return 2 * weights + momentum + LOG_BYTES

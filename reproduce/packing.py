@@ -96,7 +96,8 @@ def pack(data: Path, out: Path, quality: int | None, limit: int = TRAVEL_LIMIT, 
     if out.exists():
         shutil.rmtree(out)
     manifest: dict = {"source": str(data), "images": f"JPEG quality {chosen}, 4:4:4 (no chroma subsampling)",
-                      "quality": chosen, "labels": "PNG, lossless", "splits": {}}  # fmt: skip
+                      "quality": chosen, "labels": "PNG, lossless", "splits": {},
+                      "state_room_bytes": room + state_reserve() - size}  # fmt: skip
     for split, samples in splits.items():
         folder = out / "CamVid" / split
         (folder / "images").mkdir(parents=True)
@@ -122,7 +123,7 @@ def pack(data: Path, out: Path, quality: int | None, limit: int = TRAVEL_LIMIT, 
             "values_changed": round(changed / values, 4),
             "decoded_sha256": pixel_digest(decoded),
         }
-    manifest["pack_bytes"] = folder_bytes(out) + 4096
+    manifest["pack_bytes"] = folder_bytes(out) + 4096  # state_room_bytes: what a call can carry of cut rows' state
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
 

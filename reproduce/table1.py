@@ -11,14 +11,16 @@ same job and budget are asked for again.
 
 Budgets: with no flags, a reduced one that finishes in minutes on a CPU
 (smaller images, few iterations; every reduced setting is printed in the
-table's header); ``--full`` is the paper's (360x480, batch 12, 16000
-iterations, validation every 1000), for a GPU. The output is a Markdown table
+table's header); ``--full`` is the full budget (360x480, batch 12, 16000
+iterations, validation every 1000; the paper's image size and batch, an
+iteration count of this project's choosing: the paper trains until the
+loss converges), for a GPU. The output is a Markdown table
 (paper | ours | delta) and a PNG plot in reproduce/results/.
 
     python reproduce/table1.py [--full] [--variants A,B] [--balancing median,natural]
                                [--iterations N] [--image-size H,W] [--device cuda] [--data CAMVID]
 
-The paper's budget on a GPU machine lent for minutes is reproduce/device.py's
+The full budget on a GPU machine lent for minutes is reproduce/device.py's
 work (reproduce/DEVICE.md): it trains rows in bf16 from packed data and brings
 them back; ``--report`` scores them here on the original test PNGs and
 assembles reproduce/results/table1_full.md and .png, rows not yet run marked.
@@ -48,7 +50,7 @@ from segnet.models.variants import VARIANTS
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python reproduce/table1.py", description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--full", action="store_true", help="the paper's budget (for a GPU)")
+    p.add_argument("--full", action="store_true", help="the full budget: 16000 iterations of batch 12 at 360x480 (for a GPU)")
     p.add_argument("--report", action="store_true",
                    help="no training: assemble reproduce/results/table1_full.md and .png from the rows the GPU runner "
                         "brought back (reproduce/results/runs/full/), scoring new ones on the test set first")  # fmt: skip
