@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# On a GPU machine: train pending Table 1 rows at the paper's budget within --minutes (reproduce/DEVICE.md).
+# On a GPU machine: train pending Table 1 rows at the full budget within --minutes (reproduce/DEVICE.md).
 #   bash reproduce/device.sh --minutes 9 --out "$OUT" [--group R] [--concurrent N] [--compile] [--tiny]
 # The clock starts here, before the project is installed: --minutes bounds the whole command.
 set -euo pipefail

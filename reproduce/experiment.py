@@ -52,9 +52,9 @@ class Budget:
                 f"{self.image_size[1]}, validation every {self.val_every}, {'bf16' if self.bf16 else 'fp32'}")  # fmt: skip
 
 
-PAPER_BUDGET = Budget(16000, 12, (360, 480), 1000, False, "full")
+FULL_BUDGET = Budget(16000, 12, (360, 480), 1000, False, "full")
 #: The full budget as the GPU runner trains it (reproduce/device.py): bf16 autocast (the paper: fp32 Caffe).
-DEVICE_BUDGET = replace(PAPER_BUDGET, bf16=True)
+DEVICE_BUDGET = replace(FULL_BUDGET, bf16=True)
 CPU_BUDGET = Budget(80, 12, (90, 120), 40, True, "cpu")
 
 
@@ -165,8 +165,8 @@ def assemble_table(results: list[dict], budget: Budget, command: str, hw: str) -
         "",
         f"- command: `{command}`",
         f"- hardware: {hw}",
-        f"- budget: {budget.describe()}" + ("" if budget == PAPER_BUDGET else
-                                            f" (REDUCED; the paper's: {PAPER_BUDGET.describe()})"),
+        f"- budget: {budget.describe()}" + ("" if budget == FULL_BUDGET else
+                                            f" (REDUCED; the full budget: {FULL_BUDGET.describe()})"),
         "- test: 233 CamVid test images, metrics at 360x480 (G, C, mIoU, BF at 0.75% of the diagonal), percent",
         "- model selection: best validation global accuracy, as in the paper",
         "",
@@ -201,18 +201,18 @@ TRAIN_IMAGES = 367  # CamVid's training split
 
 def budget_note(done: list[dict]) -> str:
     """Why the full budget is what it is: the project's choice, the references it was weighed against."""
-    images = PAPER_BUDGET.iterations * PAPER_BUDGET.batch_size
-    text = (f"{PAPER_BUDGET.iterations:,} iterations of batch {PAPER_BUDGET.batch_size} is this project's choice, "
+    images = FULL_BUDGET.iterations * FULL_BUDGET.batch_size
+    text = (f"{FULL_BUDGET.iterations:,} iterations of batch {FULL_BUDGET.batch_size} is this project's choice, "
             "not a number from the paper: the paper trains each variant until its training loss converges "
-            f"(mini-batches of {PAPER_BUDGET.batch_size}, fp32 Caffe) and gives no iteration count, and "
+            f"(mini-batches of {FULL_BUDGET.batch_size}, fp32 Caffe) and gives no iteration count, and "
             "SegNet-Tutorial's Models/segnet_basic_solver.prototxt stops at 10,000 iterations of the batch of 4 its "
-            f"train prototxt ships with (40,000 images, {40000 / TRAIN_IMAGES:.0f} epochs). {PAPER_BUDGET.iterations:,} "
-            f"iterations of {PAPER_BUDGET.batch_size} images are {images:,} images, {images / TRAIN_IMAGES:.0f} epochs of the "
+            f"train prototxt ships with (40,000 images, {40000 / TRAIN_IMAGES:.0f} epochs). {FULL_BUDGET.iterations:,} "
+            f"iterations of {FULL_BUDGET.batch_size} images are {images:,} images, {images / TRAIN_IMAGES:.0f} epochs of the "
             f"{TRAIN_IMAGES} training images, {images / 40000:.1f} times the Tutorial's")  # fmt: skip
     picked = sorted({r["best_iteration"] for r in done if "best_iteration" in r})
     if picked:
         text += (f"; the rows run so far peaked on validation at iteration {', '.join(map(str, picked))} of "
-                 f"{PAPER_BUDGET.iterations}, inside the budget")  # fmt: skip
+                 f"{FULL_BUDGET.iterations}, inside the budget")  # fmt: skip
     return text + "."
 
 

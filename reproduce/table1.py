@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 
 from converter.errors import UserError, run_command
-from experiment import (BALANCINGS, CPU_BUDGET, PAPER_BUDGET, RESULTS, SCRATCH, Budget, assemble_table,
+from experiment import (BALANCINGS, CPU_BUDGET, FULL_BUDGET, RESULTS, SCRATCH, Budget, assemble_table,
                         bf16_available, plot, recorded_hardware, reproducing_command, run_job, write_if_changed,
                         write_report)
 from segnet.cli import add_input_size_option, add_common_options, add_data_option, data_root
@@ -83,7 +83,7 @@ def _command(args: argparse.Namespace, argv: list[str] | None) -> int:
         raise UserError(f"unknown variant(s) {unknown} or balancing {balancings}; variants: {', '.join(VARIANTS)}")
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))  # fmt: skip
-    base = PAPER_BUDGET if args.full else CPU_BUDGET
+    base = FULL_BUDGET if args.full else CPU_BUDGET
     budget = Budget(
         iterations=args.iterations or base.iterations, batch_size=args.batch_size or base.batch_size,
         image_size=args.image_size or base.image_size, val_every=args.val_every or base.val_every,

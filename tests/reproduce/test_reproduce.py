@@ -37,7 +37,7 @@ def test_table_states_budget_hardware_command_and_deltas():
     assert "82.7 / 80.0 / -2.7" in segnet_row and "35.8 / 30.0 / -5.8" in segnet_row and "1.417 / 1.425" in segnet_row
     fcn_row = next(line for line in text.splitlines() if line.startswith("| FCN-Basic | natural"))
     assert "83.9 / 85.0 / +1.1" in fcn_row  # natural-frequency column of the paper
-    full = experiment.assemble_table([], experiment.PAPER_BUDGET, "x", "y")
+    full = experiment.assemble_table([], experiment.FULL_BUDGET, "x", "y")
     assert "REDUCED" not in full
     diverged = {"variant": "FCN-Basic", "balancing": "median", "diverged": "loss became nan at iteration 11"}
     assert "| FCN-Basic | median | | loss became nan at iteration 11 |" in experiment.assemble_table(
