@@ -14,6 +14,7 @@ import torch
 from . import budget, checkpoint, verdict
 from .arrays import read_arrays
 from .atomic import atomic_write, refuse_overwriting_inputs
+from .dialect import MAINLINE, SEGNET, detect_net, detect_types
 from .errors import CaffeFormatError, UserError, add_debug_option, run_command
 from .graph import CaffeNet, numpy_blobs
 from .prototxt import read_net
@@ -57,7 +58,7 @@ its traceback).
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m converter",
-        description="Convert a Caffe (caffe-segnet) model to PyTorch, faithful to Caffe's numbers.",
+        description="Convert a Caffe model (caffe-segnet or mainline BVLC Caffe) to PyTorch, faithful to Caffe's numbers.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -172,7 +173,9 @@ def _command(args: argparse.Namespace) -> int:
         raise type(exc)(exc.problem, exc.path or args.prototxt, exc.layer) from None
     net.init_weights(args.seed)
     if args.weights:
-        net.load_caffe_weights(read_weights(args.weights), args.allow_missing, args.allow_unused)
+        weights = read_weights(args.weights)
+        _note_fork_mismatch(net_param, weights, args)
+        net.load_caffe_weights(weights, args.allow_missing, args.allow_unused)
     else:
         print(f"no weights given: parameters filled with the prototxt's fillers (seed {args.seed})")
     _warn_learn_bn(net)
@@ -191,6 +194,15 @@ def _command(args: argparse.Namespace) -> int:
     elif not (args.no_save or args.dump or args.compare):  # a conversion without -o: say how to keep the net
         print("no checkpoint written (-o OUT.pt writes one)")
     return status
+
+
+def _note_fork_mismatch(net_param, weights, args) -> None:
+    """Say so when the prototxt and the caffemodel tell different forks (their layers should match by name)."""
+    net_fork = detect_net(net_param).fork
+    weights_fork = detect_types([layer.type for layer in weights.layers.values()]).fork
+    if {net_fork, weights_fork} == {SEGNET, MAINLINE}:
+        print(f"note: {args.prototxt} reads as {net_fork} but {args.weights} holds {weights_fork} layer types",
+              file=sys.stderr)
 
 
 def _warn_learn_bn(net: CaffeNet) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from .dialect import detect_net
 from .graph import CaffeNet
 
 
@@ -36,6 +37,7 @@ def summary_dict(net: CaffeNet) -> dict[str, Any]:
     return {
         "name": net.net_param.name,
         "phase": net.phase,
+        "written_for": detect_net(net.net_param).fork,
         "inputs": {k: list(v) if v else None for k, v in net.input_shapes.items()},
         "outputs": net.output_names,
         "layers": rows,
@@ -65,4 +67,5 @@ def format_table(net: CaffeNet) -> str:
         f"{len(net.steps)} layers, {total:,} parameters ({total * 4 / 2**20:.1f} MiB as float32), "
         f"phase {net.phase}, outputs: {', '.join(net.output_names) or '-'}"
     )
+    lines.append(f"written for: {detect_net(net.net_param).describe()}")
     return "\n".join(lines)

@@ -44,6 +44,7 @@ _OTHER_KINDS = (
 # Field numbers (caffe.proto).
 _NET_LAYER, _NET_LAYERS_V1 = 100, 2
 _LAYER_BLOBS, _V1_LAYER_BLOBS = 7, 6
+_LAYER_NAME_TYPE, _V1_LAYER_NAME_TYPE = (1, 2), (4, 5)
 _BLOB_NUM, _BLOB_CHANNELS, _BLOB_HEIGHT, _BLOB_WIDTH = 1, 2, 3, 4
 _BLOB_DATA, _BLOB_DIFF, _BLOB_SHAPE, _BLOB_DOUBLE_DATA, _BLOB_DOUBLE_DIFF = 5, 6, 7, 8, 9
 
@@ -178,12 +179,15 @@ def _parse_net_binary(buf: memoryview, path: Path) -> dict[str, LayerWeights]:
 
 def _parse_layer(buf: memoryview, start: int, end: int, v1: bool, path: Path, index: int) -> LayerWeights:
     blob_field = _V1_LAYER_BLOBS if v1 else _LAYER_BLOBS
-    rest = bytearray()  # the layer without its blobs, for the message parser
+    # Only the name and type go to the message parser: the layer's parameters are the prototxt's business,
+    # and caffe-segnet and mainline Caffe give some of their field numbers different meanings (converter.dialect).
+    keep = _V1_LAYER_NAME_TYPE if v1 else _LAYER_NAME_TYPE
+    rest = bytearray()
     blob_spans = []
     for number, wire, value in iter_fields(buf, start, end):
         if number == blob_field and wire == WIRE_LEN:
             blob_spans.append(value)
-        else:
+        elif number in keep:
             rest += reencode_field(buf, number, wire, value)
     message = caffe_pb2.V1LayerParameter() if v1 else caffe_pb2.LayerParameter()
     try:
