@@ -1,7 +1,12 @@
 """Caffe's weight fillers, for nets built from a prototxt without weights.
 
 Each follows Caffe's definition (filler.hpp), with fan-in = count / shape[0]
-and fan-out = count / shape[1] as Caffe computes them for any blob shape.
+and fan-out = count / shape[1] (count for a 1-axis blob) as Caffe computes
+them for any blob shape. ``sparse`` (the mean number of non-zero values per
+output, -1 for dense) is the gaussian filler's alone, on a blob of at least
+one axis; Caffe refuses it on the others. ``bilinear`` is mainline Caffe's
+(caffe-segnet has none): the kernel of a k x k upsampling, f = ceil(k / 2),
+c = (k - 1) / (2f), value (1 - |x/f - c|) * (1 - |y/f - c|).
 """
 
 from __future__ import annotations
@@ -20,6 +25,11 @@ def fill(tensor: torch.Tensor, filler: caffe_pb2.FillerParameter, generator: tor
     kind = filler.type
     shape = tuple(tensor.shape)
     count = tensor.numel()
+    if filler.sparse < -1 or (filler.sparse >= 0 and kind != "gaussian"):
+        raise CaffeFormatError(f"filler sparse {filler.sparse}: only the gaussian filler takes it (>= 0, or -1 for "
+                               "none)")  # fmt: skip
+    if tensor.dim() == 0 and kind in ("positive_unitball", "xavier", "msra", "bilinear"):
+        raise CaffeFormatError(f"the {kind} filler needs a blob of 1 or more axes; this one is a single value")
     with torch.no_grad():
         if kind == "constant":
             tensor.fill_(filler.value)
@@ -28,8 +38,8 @@ def fill(tensor: torch.Tensor, filler: caffe_pb2.FillerParameter, generator: tor
         elif kind == "gaussian":
             tensor.normal_(filler.mean, filler.std, generator=generator)
             if filler.sparse >= 0:
-                if tensor.dim() < 2:
-                    raise CaffeFormatError("sparse gaussian filler needs a blob of 2 or more axes")
+                if tensor.dim() < 1:
+                    raise CaffeFormatError("sparse gaussian filler needs a blob of 1 or more axes")
                 keep = filler.sparse / shape[0]
                 mask = torch.rand(shape, generator=generator) < keep
                 tensor.mul_(mask.to(tensor.dtype))
@@ -59,7 +69,7 @@ def _bilinear(tensor: torch.Tensor) -> None:
         raise CaffeFormatError("bilinear filler needs a 4-D blob with square kernels")
     k = tensor.shape[3]
     f = math.ceil(k / 2)
-    c = (2 * f - 1 - f % 2) / (2.0 * f)
+    c = (k - 1) / (2.0 * f)
     pos = torch.arange(k, dtype=torch.float64)
     profile = 1 - (pos / f - c).abs()
     kernel = (profile[:, None] * profile[None, :]).to(tensor.dtype)

@@ -21,6 +21,14 @@ from ..errors import CaffeFormatError
 
 Shape = tuple[int, ...]
 
+#: The relative rounding of one float32 operation (half an ulp).
+FLOAT32_ROUNDING = 2.0**-24
+
+
+def sum_rounding(terms: int) -> float:
+    """The relative rounding of a float32 sum of ``terms`` values, as converter.verdict models it."""
+    return FLOAT32_ROUNDING * max(terms, 1) ** 0.5
+
 #: Caffe type name -> layer class. Filled by ``@register``.
 LAYER_TYPES: dict[str, type["CaffeLayer"]] = {}
 
@@ -85,6 +93,17 @@ class CaffeLayer(nn.Module):
         every position). 0: Caffe uses BLAS, or nothing is summed.
         """
         return 0
+
+    def coherent_rounding(self, bottoms: Sequence[torch.Tensor], tops: Sequence[torch.Tensor],
+                          uniform) -> Sequence[torch.Tensor]:  # fmt: skip
+        """``tops`` as they would be had the statistics this layer takes over many positions rounded in float32.
+
+        converter.verdict calls it in its noisy runs: a statistic (a batch
+        mean, a variance) rounds once and moves every value computed from it
+        together. ``uniform(count, dtype)`` gives fresh random numbers of rms
+        1. The default: the layer takes no such statistics; tops unchanged.
+        """
+        return tops
 
     # -- parameters -----------------------------------------------------------
 

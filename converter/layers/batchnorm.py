@@ -8,10 +8,31 @@ caffe-segnet BN (blobs: scale and shift, each 1 x C x 1 x 1)
              Optional 2nd and 3rd tops: the batch mean and var (without eps).
   INFERENCE  y = scale * x + shift: statistics already folded into scale/shift.
 
-mainline BatchNorm (blobs: mean, variance, scale factor s, all unscaled sums)
-  y = (x - mean/s) / sqrt(var/s + eps) with stored statistics when
-  use_global_stats (default: in TEST), else with batch statistics; a Scale
-  layer (and optional bias) follows it for the affine part.
+mainline BatchNorm (blobs: mean, variance, scale factor s; each (C,), s (1,))
+  C is the size of axis 1; the statistics run over every other axis.
+  use_global_stats (default: true in the TEST phase, false in TRAIN; here the
+  module's mode, which the net sets from its phase, so ``.eval()`` acts as
+  Caffe's TEST net): y = (x - mean * f) / sqrt(var * f + eps) with f = 1/s,
+  or f = 0 when s is 0. Otherwise y = (x - m) / sqrt(v + eps) with the batch
+  mean m and biased variance v, and each such forward pass updates the blobs
+  as Caffe's does: s = s * maf + 1, mean = mean * maf + m, var = var * maf +
+  v * n/(n-1) (n values per channel; factor 1 when n is 1), maf being
+  ``moving_average_fraction`` (default 0.999). eps defaults to 1e-5. Caffe's
+  gradients are the exact derivatives: dy / sqrt(var * f + eps) with stored
+  statistics, the batch-norm backward with batch statistics. The blobs are
+  statistics, not learned: a ``param`` entry for them must say lr_mult: 0.
+
+mainline Scale: y = x * scale (+ bias with ``bias_term``); Bias: y = x + bias.
+  The scale (bias) is a learned blob or, with a second bottom, that bottom.
+  It covers bottom 0's axes from ``axis`` (negative counts from the end) on:
+  ``num_axes`` of them for a blob (-1: to the end; 0: a scalar), as many as
+  the second bottom has for a bottom (a 0-axis bottom: a scalar, any axis),
+  and broadcasts over the rest. Scale's blob starts at 1 without a filler,
+  biases at their filler (Caffe's default: 0). Blobs: Scale [scale, bias] or
+  with a second bottom [bias]; Bias [bias] or none. Gradients (the exact
+  derivatives, as Caffe's): dy * scale to x; the sum of dy * x over the
+  broadcast positions to the scale, blob or second bottom; the sum of dy to
+  the bias.
 """
 
 from __future__ import annotations
@@ -24,7 +45,7 @@ from caffe_proto import caffe_pb2
 from ..fillers import fill
 # Caffe's arithmetic lives in converter.functional; its names stay importable from here.
 from ..functional import SEGNET_BN_EPS, batch_moments, bn_inference, bn_learn  # noqa: F401
-from .base import CaffeLayer, register
+from .base import CaffeLayer, canonical_axis, register, sum_rounding
 
 
 @register("BN")
@@ -60,6 +81,37 @@ class BN(CaffeLayer):
         y, mean, var = bn_learn(x, self.scale, self.shift)
         return (y, mean, var)[: self.num_tops]
 
+    def coherent_rounding(self, bottoms, tops, uniform):
+        """The rounding of the batch mean and of caffe-segnet's variance ``E[x^2] - E[x]^2``.
+
+        Each statistic is a float32 sum over N*H*W values, rounded by
+        ``sum_rounding`` relative to the sum of magnitudes; the variance
+        inherits both sums' errors, amplified where |mean| is large against
+        the spread. The same random numbers serve every channel: sums of
+        like values in like order round alike (on raw images with flat
+        regions Caffe's channels all err the same way).
+        """
+        if self.mode == "INFERENCE":
+            return tops
+        x = bottoms[0]
+        with torch.no_grad():
+            dims = (0, 2, 3)
+            rho = sum_rounding(x.numel() // self.channels)
+            mean = x.mean(dim=dims, keepdim=True)
+            mean_sq = x.square().mean(dim=dims, keepdim=True)
+            var = mean_sq - mean.square()
+            r_mean, r_sq = uniform(2, x.dtype)
+            d_mean = rho * r_mean * x.abs().mean(dim=dims, keepdim=True)
+            d_var = rho * r_sq * mean_sq - 2 * mean * d_mean
+            y = tops[0]
+            delta = -self.scale * d_mean / torch.sqrt(var + SEGNET_BN_EPS) - (y - self.shift) * d_var / (
+                2 * (var + SEGNET_BN_EPS))
+        moved = [y + delta, *tops[1:]]
+        for i, d in ((1, d_mean), (2, d_var)):  # the optional mean and variance tops
+            if i < len(tops):
+                moved[i] = tops[i] + d
+        return tuple(moved)
+
     def extra_repr(self):
         return f"{super().extra_repr()} mode={self.mode}"
 
@@ -71,7 +123,15 @@ class BatchNorm(CaffeLayer):
     def __init__(self, param, bottom_shapes, phase):
         super().__init__(param, bottom_shapes, phase)
         p = param.batch_norm_param
-        self.channels = bottom_shapes[0][1] if len(bottom_shapes[0]) > 1 else 1
+        shape = bottom_shapes[0]
+        if len(shape) < 2:
+            raise self.fail(f"needs a bottom of at least 2 axes (Caffe reads the channels from axis 1), got shape "
+                            f"{list(shape)}")  # fmt: skip
+        for i, spec in enumerate(param.param[:3]):
+            if spec.lr_mult != 0:
+                raise self.fail(f"param {i} has lr_mult {spec.lr_mult:g}: BatchNorm's blobs are statistics, not "
+                                "parameters to learn; give lr_mult: 0 or leave the param entries out")  # fmt: skip
+        self.channels = shape[1]
         self.use_global_stats = p.use_global_stats if p.HasField("use_global_stats") else None
         self.momentum = p.moving_average_fraction
         self.eps = p.eps
@@ -86,79 +146,127 @@ class BatchNorm(CaffeLayer):
         view = (1, self.channels) + (1,) * (x.dim() - 2)
         if self._global():
             s = self.scale_factor[0]
-            factor = 0.0 if s == 0 else 1.0 / s
+            factor = torch.where(s == 0, torch.zeros_like(s), 1 / s)  # Caffe's 0 -> 0 rule
             mean, var = self.mean * factor, self.variance * factor
             return ((x - mean.view(view)) / torch.sqrt(var.view(view) + self.eps),)
         dims = [0] + list(range(2, x.dim()))
         mean = x.mean(dim=dims)
-        var = (x - mean.view(view)).square().mean(dim=dims)
+        centred = x - mean.view(view)
+        var = centred.square().mean(dim=dims)
         with torch.no_grad():  # Caffe's running sums, unbiased variance
-            m = x.numel() // self.channels
+            n = x.numel() // self.channels
             self.scale_factor.mul_(self.momentum).add_(1)
-            self.mean.mul_(self.momentum).add_(mean)
-            self.variance.mul_(self.momentum).add_(var * (m / max(m - 1, 1)))
-        return ((x - mean.view(view)) / torch.sqrt(var.view(view) + self.eps),)
+            self.mean.mul_(self.momentum).add_(mean.detach().to(self.mean.dtype))
+            correction = n / (n - 1) if n > 1 else 1.0
+            self.variance.mul_(self.momentum).add_((var.detach() * correction).to(self.variance.dtype))
+        return (centred / torch.sqrt(var.view(view) + self.eps),)
+
+    def coherent_rounding(self, bottoms, tops, uniform):
+        """The rounding of the batch mean and variance (mainline takes the variance of the centred values)."""
+        if self._global():
+            return tops
+        x = bottoms[0]
+        with torch.no_grad():
+            view = (1, self.channels) + (1,) * (x.dim() - 2)
+            dims = [0] + list(range(2, x.dim()))
+            rho = sum_rounding(x.numel() // self.channels)
+            var = x.var(dim=dims, unbiased=False).view(view)
+            r_mean, r_var = uniform(2, x.dtype)
+            d_mean = rho * r_mean * x.abs().mean(dim=dims).view(view)
+            d_var = rho * r_var * var
+            y = tops[0]
+            delta = -d_mean / torch.sqrt(var + self.eps) - y * d_var / (2 * (var + self.eps))
+        return (y + delta,)
+
+    def extra_repr(self):
+        stats = "stored" if self.use_global_stats else "batch" if self.use_global_stats is False else "by mode"
+        return f"{super().extra_repr()} statistics={stats} eps={self.eps} maf={self.momentum}"
 
 
-class _AffineBase(CaffeLayer):
-    """Scale and Bias: a per-channel (axis 1, one axis) parameter, or a second bottom."""
+def covered_axes(layer: CaffeLayer, shape, axis: int, num_axes: int, what: str) -> tuple[int, tuple[int, ...]]:
+    """Caffe's rule for a learned Scale/Bias blob: (canonical axis, the blob's shape)."""
+    first = canonical_axis(axis, len(shape), layer.caffe_name)
+    if num_axes < -1:
+        raise layer.fail(f"num_axes must be -1 (to the end) or at least 0, got {num_axes}")
+    if num_axes >= 0 and first + num_axes > len(shape):
+        raise layer.fail(f"the {what} blob would cover axes {first}..{first + num_axes - 1}, past bottom 0's "
+                         f"shape {list(shape)}")  # fmt: skip
+    end = len(shape) if num_axes == -1 else first + num_axes
+    return first, tuple(shape[first:end])
 
-    n_bottoms = (1, 2)
 
-    def _param_shape(self, p, bottom_shapes):
-        shape = bottom_shapes[0]
-        axis = p.axis % len(shape)
-        num_axes = p.num_axes if p.num_axes >= 0 else len(shape) - axis
-        return axis, tuple(shape[axis : axis + num_axes])
+def operand_axis(layer: CaffeLayer, shape, operand, axis: int, what: str) -> int:
+    """Caffe's Reshape rule: where a scale/bias of shape ``operand`` starts in bottom 0 (checked)."""
+    first = 0 if len(operand) == 0 else canonical_axis(axis, len(shape), layer.caffe_name)
+    if first + len(operand) > len(shape) or tuple(shape[first : first + len(operand)]) != tuple(operand):
+        raise layer.fail(f"the {what} of shape {list(operand)} does not match bottom 0's shape {list(shape)} "
+                         f"from axis {first} on")  # fmt: skip
+    return first
 
-    def _broadcast(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        trailing = x.dim() - self.axis - t.dim()
-        return t.view(*t.shape, *([1] * trailing))
+
+def broadcast(t: torch.Tensor, first: int, dims: int) -> torch.Tensor:
+    """``t`` (covering axes from ``first`` on) viewed to broadcast against a ``dims``-axis blob."""
+    return t.reshape(*t.shape, *([1] * (dims - first - t.dim())))
 
 
 @register("Scale")
-class Scale(_AffineBase):
+class Scale(CaffeLayer):
+    n_bottoms = (1, 2)
+
     def __init__(self, param, bottom_shapes, phase):
         super().__init__(param, bottom_shapes, phase)
         p = param.scale_param
-        self.axis, shape = self._param_shape(p, bottom_shapes)
+        shape = bottom_shapes[0]
         self.from_bottom = len(bottom_shapes) == 2
         attrs = []
-        if not self.from_bottom:
-            self.weight = nn.Parameter(torch.ones(shape))
+        if self.from_bottom:
+            scale_shape = tuple(bottom_shapes[1])
+        else:
+            _, scale_shape = covered_axes(self, shape, p.axis, p.num_axes, "scale")
+            self.weight = nn.Parameter(torch.ones(scale_shape))
             attrs.append("weight")
-        if p.bias_term:
-            self.bias = nn.Parameter(torch.zeros(shape))
+        self.axis = operand_axis(self, shape, scale_shape, p.axis, "scale")
+        self.bias_axis = None
+        if p.bias_term:  # Caffe's inner Bias layer: axis as given, num_axes the scale's
+            bias_axes = len(scale_shape) if self.from_bottom else p.num_axes
+            _, bias_shape = covered_axes(self, shape, p.axis, bias_axes, "bias")
+            self.bias_axis = operand_axis(self, shape, bias_shape, p.axis, "bias")
+            self.bias = nn.Parameter(torch.zeros(bias_shape))
             attrs.append("bias")
         self.blob_attrs = tuple(attrs)
-        self._fillers = (p.filler, p.bias_filler)
+        self._fillers = (p.filler if p.HasField("filler") else caffe_pb2.FillerParameter(type="constant", value=1),
+                         p.bias_filler)  # fmt: skip
 
     def fill(self, generator):
         if not self.from_bottom:
-            if self._fillers[0].ByteSize():
-                fill(self.weight, self._fillers[0], generator)
-            else:
-                nn.init.ones_(self.weight)
-        if "bias" in self.blob_attrs:
+            fill(self.weight, self._fillers[0], generator)
+        if self.bias_axis is not None:
             fill(self.bias, self._fillers[1], generator)
 
     def forward(self, x, factor=None):
-        y = x * self._broadcast(factor if self.from_bottom else self.weight, x)
-        if "bias" in self.blob_attrs:
-            y = y + self._broadcast(self.bias, x)
+        scale = factor if self.from_bottom else self.weight
+        y = x * broadcast(scale, self.axis, x.dim())
+        if self.bias_axis is not None:
+            y = y + broadcast(self.bias, self.bias_axis, x.dim())
         return (y,)
 
 
 @register("Bias")
-class Bias(_AffineBase):
+class Bias(CaffeLayer):
+    n_bottoms = (1, 2)
+
     def __init__(self, param, bottom_shapes, phase):
         super().__init__(param, bottom_shapes, phase)
         p = param.bias_param
-        self.axis, shape = self._param_shape(p, bottom_shapes)
+        shape = bottom_shapes[0]
         self.from_bottom = len(bottom_shapes) == 2
-        if not self.from_bottom:
-            self.bias = nn.Parameter(torch.zeros(shape))
+        if self.from_bottom:
+            bias_shape = tuple(bottom_shapes[1])
+        else:
+            _, bias_shape = covered_axes(self, shape, p.axis, p.num_axes, "bias")
+            self.bias = nn.Parameter(torch.zeros(bias_shape))
             self.blob_attrs = ("bias",)
+        self.axis = operand_axis(self, shape, bias_shape, p.axis, "bias")
         self._filler = p.filler
 
     def fill(self, generator):
@@ -166,4 +274,4 @@ class Bias(_AffineBase):
             fill(self.bias, self._filler, generator)
 
     def forward(self, x, offset=None):
-        return (x + self._broadcast(offset if self.from_bottom else self.bias, x),)
+        return (x + broadcast(offset if self.from_bottom else self.bias, self.axis, x.dim()),)

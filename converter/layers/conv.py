@@ -3,7 +3,8 @@
 Caffe blob layouts: convolution weights (Cout, Cin/group, kh, kw);
 deconvolution weights (Cin, Cout/group, kh, kw); inner product weights
 (Cout, Cin); biases (Cout,). These are also PyTorch's layouts, so the blobs
-map one to one.
+map one to one. Mainline Caffe's InnerProduct ``transpose: true`` stores its
+weight as (Cin, Cout); it is kept so and used transposed.
 """
 
 from __future__ import annotations
@@ -102,7 +103,8 @@ class InnerProduct(CaffeLayer):
         self.axis = canonical_axis(p.axis, len(shape), self.caffe_name)
         fan_in = math.prod(shape[self.axis :])
         self.num_output = p.num_output
-        self.weight = nn.Parameter(torch.zeros(p.num_output, fan_in))
+        self.transpose = p.transpose
+        self.weight = nn.Parameter(torch.zeros((fan_in, p.num_output) if p.transpose else (p.num_output, fan_in)))
         self.bias = nn.Parameter(torch.zeros(p.num_output)) if p.bias_term else None
         self.blob_attrs = ("weight", "bias") if p.bias_term else ("weight",)
         self._fillers = (p.weight_filler, p.bias_filler)
@@ -116,4 +118,5 @@ class InnerProduct(CaffeLayer):
             fill(self.bias, self._fillers[1], generator)
 
     def forward(self, x):
-        return (F.linear(x.flatten(self.axis), self.weight, self.bias),)
+        weight = self.weight.t() if self.transpose else self.weight
+        return (F.linear(x.flatten(self.axis), weight, self.bias),)

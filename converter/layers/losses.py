@@ -9,7 +9,11 @@ EuclideanLoss            sum((a - b)^2) / (2N); gradients (a - b)/N and
                          -(a - b)/N: both bottoms get one.
 SigmoidCrossEntropyLoss  -sum(t log p + (1 - t) log(1 - p)) / N, p = sigmoid(x),
                          in the overflow-free form; gradient (p - t)/N.
-                         Divided by N, not by the number of values.
+                         Divided by N, not by the number of values. With
+                         mainline Caffe's ``normalization`` set: positions whose
+                         int(target) is ``ignore_label`` are skipped (gradient 0)
+                         and the divisor is max(1, FULL: every value, VALID: the
+                         values not ignored, BATCH_SIZE: N, NONE: 1).
 HingeLoss                per item, t_j = max(0, 1 - x_j) at the label and
                          max(0, 1 + x_j) elsewhere; L1: sum(t)/N, L2: sum(t^2)/N.
 ContrastiveLoss          d^2 = sum over channels of (a - b)^2; similar pairs add
@@ -23,6 +27,16 @@ MultinomialLogisticLoss  -sum_i log(max(p[i, l_i], 1e-20)) / N.
 Where a clamp would cut autograd's gradient off (the 1e-20 floor) or
 Caffe's formula is not the exact derivative (ContrastiveLoss), the backward
 pass is written out as Caffe computes it.
+
+Mainline Caffe: EuclideanLoss, HingeLoss, ContrastiveLoss and
+MultinomialLogisticLoss compute the same there and ignore ``loss_param``'s
+``normalization``, as here. Mainline's SigmoidCrossEntropyLoss reads
+``normalization``, ``normalize`` and ``ignore_label``, which caffe-segnet's
+ignores; a file that sets ``normalization`` gets mainline's meaning, and one
+that sets ``normalize`` or ``ignore_label`` without it is refused, since the
+two forks read it differently. Mainline's InfogainLoss is another layer under
+the same name (a softmax of scores inside, ``axis``, ``normalization``,
+``ignore_label``); a file using those fields is refused.
 """
 
 from __future__ import annotations
@@ -39,6 +53,7 @@ from caffe_proto import caffe_pb2
 
 from .. import budget
 from .base import CaffeLayer, Shape, register
+from .softmax import normalizer
 
 #: Caffe's floor on probabilities inside a log (kLOG_THRESHOLD).
 LOG_THRESHOLD = 1e-20
@@ -111,22 +126,37 @@ class EuclideanLoss(_LossLayer):
 
 class _SigmoidCrossEntropyFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, target, num):
+    def forward(ctx, x, target, num, valid=None):
         positive = (x >= 0).to(x.dtype)
         terms = x * (target - positive) - torch.log1p(torch.exp(x - 2 * x * positive))
-        ctx.save_for_backward(x, target)
+        if valid is not None:
+            terms = torch.where(valid, terms, torch.zeros_like(terms))
+        ctx.save_for_backward(x, target, valid)
         ctx.num = num
         return -terms.sum() / num
 
     @staticmethod
     def backward(ctx, grad):
-        x, target = ctx.saved_tensors
-        return (torch.sigmoid(x) - target) * (grad / ctx.num), None, None
+        x, target, valid = ctx.saved_tensors
+        diff = torch.sigmoid(x) - target
+        if valid is not None:
+            diff = torch.where(valid, diff, torch.zeros_like(diff))
+        return diff * (grad / ctx.num), None, None, None
 
 
 def sigmoid_cross_entropy_loss(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Caffe's SigmoidCrossEntropyLoss (divided by N); the target gets no gradient."""
     return _SigmoidCrossEntropyFunction.apply(x, target.reshape(x.shape), x.shape[0])
+
+
+def normalized_sigmoid_cross_entropy_loss(x: torch.Tensor, target: torch.Tensor, mode: str = "BATCH_SIZE",
+                                          ignore_label: int | None = None) -> torch.Tensor:  # fmt: skip
+    """Mainline Caffe's SigmoidCrossEntropyLoss: ``ignore_label`` positions skipped, divided by ``mode``."""
+    target = target.reshape(x.shape)
+    valid = None if ignore_label is None else target.detach().to(torch.int64) != ignore_label
+    count = x.numel() if valid is None else int(valid.sum())
+    divisor = normalizer(mode, x.shape[0], x.numel() // x.shape[0], count)
+    return _SigmoidCrossEntropyFunction.apply(x, target, divisor, valid)
 
 
 @register("SigmoidCrossEntropyLoss")
@@ -136,12 +166,27 @@ class SigmoidCrossEntropyLoss(_LossLayer):
         x, t = bottom_shapes
         if math.prod(x) != math.prod(t):
             raise self.fail(f"scores {list(x)} and targets {list(t)} must have the same number of values")
+        lp = param.loss_param
+        self.normalization = None  # caffe-segnet: divide by N
+        self.ignore_label = None
+        if lp.HasField("normalization"):
+            self.normalization = caffe_pb2.LossParameter.NormalizationMode.Name(lp.normalization)
+            self.ignore_label = lp.ignore_label if lp.HasField("ignore_label") else None
+        else:
+            ambiguous = [name for name in ("normalize", "ignore_label") if lp.HasField(name)]
+            if ambiguous:
+                fields = " and ".join(f"loss_param.{name}" for name in ambiguous)
+                raise self.fail(f"{fields} on SigmoidCrossEntropyLoss: caffe-segnet ignores it (divides by N), "
+                                "mainline Caffe reads it; add loss_param.normalization (e.g. BATCH_SIZE) for "
+                                "mainline's meaning, or remove it for caffe-segnet's")  # fmt: skip
 
     def sequential_terms(self, top=0):
         return math.prod(self.bottom_shapes[0])  # one float32 loop over every value
 
     def forward(self, x, target):
-        return (sigmoid_cross_entropy_loss(x, target),)
+        if self.normalization is None:
+            return (sigmoid_cross_entropy_loss(x, target),)
+        return (normalized_sigmoid_cross_entropy_loss(x, target, self.normalization, self.ignore_label),)
 
 
 # ---------------------------------------------------------------- HingeLoss
@@ -308,6 +353,13 @@ class InfogainLoss(_LossLayer):
 
     def __init__(self, param, bottom_shapes, phase):
         super().__init__(param, bottom_shapes, phase)
+        mainline = [f"{message}.{name}" for message, fields in (("loss_param", ("normalization",)),
+                                                               ("infogain_loss_param", ("axis",)))
+                    for name in fields if getattr(param, message).HasField(name)]  # fmt: skip
+        if mainline:
+            raise self.fail(f"{' and '.join(mainline)} belong to mainline Caffe's InfogainLoss, which applies a "
+                            "softmax to its scores inside; only caffe-segnet's InfogainLoss (on probabilities) is "
+                            "converted: remove the field(s) for caffe-segnet's meaning")  # fmt: skip
         prob, label = bottom_shapes[:2]
         self._single_labels(label)
         self.dim = math.prod(prob) // self.num

@@ -1,7 +1,7 @@
-"""Layer types caffe-segnet has that a converted net cannot be: the reason, and what to do instead.
+"""Layer types Caffe has that a converted net cannot be: the reason, and what to do instead.
 
-Every other type caffe-segnet registers is either a layer of this package or
-a data layer whose tops become net inputs (data.py). A Python layer without
+Every other type caffe-segnet or mainline Caffe registers is either a layer
+of this package or a data layer whose tops become net inputs (data.py). A Python layer without
 bottoms is a data source written in Python and is treated as a data layer;
 with bottoms it computes with user code and is refused.
 """
@@ -20,6 +20,21 @@ REFUSED_TYPES: dict[str, str] = {
     "Python": (
         "Python layers run user code (module '{module}', class '{cls}'), which cannot be converted; replace "
         "layer '{name}' by built-in layers, or remove it and declare its tops as net inputs that you compute"
+    ),
+    "RNN": (
+        "RNN layers (mainline Caffe) unroll a recurrent net over the time steps of their input, which this "
+        "converter does not build; layer '{name}' cannot be converted: compute that part "
+        "yourself (its recurrence and blob layout are Caffe's own) and declare its tops as net inputs"
+    ),
+    "LSTM": (
+        "LSTM layers (mainline Caffe) unroll a recurrent net over the time steps of their input, which this "
+        "converter does not build; layer '{name}' cannot be converted: compute that part "
+        "yourself (Caffe orders the gates i, f, o, g) and declare its tops as net inputs"
+    ),
+    "LSTMUnit": (
+        "LSTMUnit layers (mainline Caffe) are one time step of an unrolled LSTM, which this converter does not "
+        "build; layer '{name}' cannot be converted: compute the recurrent part "
+        "yourself and declare its tops as net inputs"
     ),
 }
 

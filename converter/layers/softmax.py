@@ -1,12 +1,22 @@
-"""Softmax and caffe-segnet's SoftmaxWithLoss.
+"""Softmax, and SoftmaxWithLoss with caffe-segnet's and mainline Caffe's normalisation.
 
 SoftmaxWithLoss, per position with label l (skipping ``ignore_label``):
     term = -log(max(p_l, FLT_MIN)) * w[l]
-with w = ``class_weighting`` when ``weight_by_label_freqs`` is set, else 1;
-    loss = sum(term) / (number of non-ignored positions)   (normalize: true)
-    loss = sum(term) / outer size (the batch, for axis 1)  (normalize: false)
-The class weights scale the terms but are not part of the divisor. The
-gradient is ``w[l] * (p - onehot(l)) / divisor`` and zero at ignored
+with w = ``class_weighting`` when ``weight_by_label_freqs`` is set (caffe-segnet),
+else 1, and the loss is sum(term) / divisor. The class weights scale the terms
+but are not part of the divisor. The divisor:
+
+- ``loss_param.normalization`` set (mainline Caffe): FULL every position
+  (outer * inner, ignored ones included); VALID the positions whose label is
+  not ``ignore_label`` (all of them without one); BATCH_SIZE the outer size
+  (the batch, for axis 1); NONE 1. Mainline divides by max(1, that), so a
+  batch without a labelled position gives 0, not 0/0.
+- otherwise ``normalize`` (caffe-segnet; mainline reads an explicit
+  ``normalize`` the same way): true (the default) the number of non-ignored
+  positions, false the outer size, each as it is (0 non-ignored positions
+  give 0/0 = NaN, as in caffe-segnet).
+
+The gradient is ``w[l] * (p - onehot(l)) / divisor`` and zero at ignored
 positions; it is written here rather than left to autograd so that it is
 exactly Caffe's (the FLT_MIN clamp does not cut it off).
 """
@@ -15,7 +25,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
+
+from caffe_proto import caffe_pb2
 
 # Caffe's arithmetic lives in converter.functional; its names stay importable from here.
 from ..functional import FLT_MIN, softmax_with_loss  # noqa: F401
@@ -32,6 +45,64 @@ class Softmax(CaffeLayer):
         return (torch.softmax(x, dim=self.axis),)
 
 
+def normalizer(mode: str, outer: int, inner: int, valid: int) -> float:
+    """Mainline Caffe's divisor for a loss normalisation mode, at least 1, as a float32 value."""
+    count = {"FULL": outer * inner, "VALID": valid, "BATCH_SIZE": outer, "NONE": 1}[mode]
+    return float(np.float32(max(1, count)))
+
+
+class _NormalizedSoftmaxLossFunction(torch.autograd.Function):
+    """Mainline Caffe's SoftmaxWithLoss with a ``normalization`` mode (class weights allowed)."""
+
+    @staticmethod
+    def forward(ctx, logits, labels, weights, ignore_label, mode, axis):
+        shape = logits.shape
+        outer, classes = math.prod(shape[:axis]), shape[axis]
+        x = logits.reshape(outer, classes, -1)
+        prob = torch.softmax(x, dim=1)
+        label = labels.reshape(outer, -1).to(torch.int64)  # Caffe truncates float labels
+        valid = torch.ones_like(label, dtype=torch.bool) if ignore_label is None else label != ignore_label
+        bad = valid & ((label < 0) | (label >= classes))
+        if bad.any():
+            raise ValueError(f"label {int(label[bad][0])} is outside 0..{classes - 1} and is not the ignore_label")
+        safe = torch.where(valid, label, torch.zeros_like(label))
+        p = prob.gather(1, safe.unsqueeze(1)).squeeze(1)
+        term = -torch.log(torch.clamp(p, min=FLT_MIN))
+        w = weights[safe].to(prob.dtype) if weights is not None else None
+        if w is not None:
+            term = term * w
+        term = torch.where(valid, term, torch.zeros_like(term))
+        divisor = normalizer(mode, outer, x.shape[2], int(valid.sum()))
+        loss = term.double().sum() / divisor
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(prob, safe, valid)
+        ctx.weights, ctx.divisor, ctx.shape = w, divisor, shape
+        return loss.to(logits.dtype).reshape(()), prob.reshape(shape)
+
+    @staticmethod
+    def backward(ctx, grad_loss, grad_prob):
+        prob, label, valid = ctx.saved_tensors
+        grad = torch.zeros_like(prob)
+        if grad_loss is not None:
+            grad = prob.clone()
+            grad.scatter_add_(1, label.unsqueeze(1), -torch.ones_like(prob[:, :1]))
+            if ctx.weights is not None:
+                grad = grad * ctx.weights.unsqueeze(1)
+            grad = grad * valid.unsqueeze(1).to(grad.dtype)
+            grad = grad * (grad_loss / ctx.divisor)
+        if grad_prob is not None:  # the prob top used elsewhere: plain softmax backward, as softmax_with_loss does
+            g = grad_prob.reshape(prob.shape)
+            grad = grad + prob * (g - (g * prob).sum(dim=1, keepdim=True))
+        return grad.reshape(ctx.shape), None, None, None, None, None
+
+
+def normalized_softmax_loss(logits: torch.Tensor, labels: torch.Tensor, mode: str = "VALID",
+                            class_weights: torch.Tensor | None = None, ignore_label: int | None = None,
+                            axis: int = 1) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Mainline Caffe's SoftmaxWithLoss divided by ``mode`` (FULL, VALID, BATCH_SIZE, NONE). Returns (loss, prob)."""
+    return _NormalizedSoftmaxLossFunction.apply(logits, labels, class_weights, ignore_label, mode, axis)
+
+
 @register("SoftmaxWithLoss")
 class SoftmaxWithLoss(CaffeLayer):
     default_loss_weight = 1.0
@@ -45,6 +116,9 @@ class SoftmaxWithLoss(CaffeLayer):
         lp = param.loss_param
         self.ignore_label = lp.ignore_label if lp.HasField("ignore_label") else None
         self.normalize = lp.normalize
+        #: mainline's normalization mode when the file sets one; None: ``normalize`` decides
+        self.normalization = (caffe_pb2.LossParameter.NormalizationMode.Name(lp.normalization)
+                              if lp.HasField("normalization") else None)  # fmt: skip
         outer, inner = math.prod(shape[: self.axis]), math.prod(shape[self.axis + 1 :])
         label_count = math.prod(label_shape)
         if outer * inner != label_count:
@@ -62,14 +136,22 @@ class SoftmaxWithLoss(CaffeLayer):
         return [()] + [tuple(bottom_shapes[0])] * (self.num_tops - 1)
 
     def sequential_terms(self, top=0):
-        # caffe-segnet accumulates the loss over every position in one float32 loop.
+        # Caffe accumulates the loss over every position in one float32 loop.
         shape = self.bottom_shapes[0]
         return math.prod(shape) // shape[self.axis] if top == 0 else 0
 
     def forward(self, logits, labels):
         try:
-            loss, prob = softmax_with_loss(logits, labels, self.class_weighting, self.ignore_label,
-                                           self.normalize, self.axis)  # fmt: skip
+            if self.normalization is not None:
+                loss, prob = normalized_softmax_loss(logits, labels, self.normalization, self.class_weighting,
+                                                     self.ignore_label, self.axis)  # fmt: skip
+            else:
+                loss, prob = softmax_with_loss(logits, labels, self.class_weighting, self.ignore_label,
+                                               self.normalize, self.axis)  # fmt: skip
         except ValueError as exc:
             raise self.fail(str(exc)) from None
         return (loss, prob)[: self.num_tops]
+
+    def extra_repr(self):
+        how = self.normalization or ("VALID (normalize)" if self.normalize else "BATCH_SIZE (normalize: false)")
+        return f"{super().extra_repr()} normalization={how}"
