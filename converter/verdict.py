@@ -21,6 +21,13 @@ The rule (the only place it is stated; README repeats it in words):
   into one value (a convolution's fan-in, the positions of a loss, ...; zero
   for exact operations such as max pooling or ReLU). These runs flip
   near-tied decisions as another float32 implementation would.
+* Statistics a layer takes over many positions (BN's batch mean and
+  variance) round once and move a whole channel together, which noise on
+  each value does not do. In the noisy runs such a layer also rounds its
+  statistics, each sum of m terms by ``2**-24 * sqrt(m)`` relative (the
+  same model), through its own float32 formula (caffe-segnet's variance
+  ``E[x^2] - E[x]^2`` amplifies that rounding by ``(E[x^2] + 2 |E[x]| E|x|)
+  / var``): ``CaffeLayer.coherent_rounding``.
 * For every compared blob, the deviations from the exact result are sorted,
   largest first. Caffe passes when its k-th largest deviation is at most
   ``SIZE_MARGIN`` times the noise's ceil(k / ``COUNT_MARGIN``)-th largest
@@ -136,17 +143,18 @@ def judge_values(key: str, caffe: np.ndarray, exact: np.ndarray, noise: Sequence
     # A scale error hides in noisy blobs: compare least-squares factors too.
     norm = float(np.dot(np.nan_to_num(exact), np.nan_to_num(exact)))
     if norm > 0 and exact.size > 1:
-        def factor(x):
-            return abs(float(np.dot(np.nan_to_num(x - exact), np.nan_to_num(exact)))) / norm
+        def factor(x):  # the least-squares factor, less 1 (signed)
+            return float(np.dot(np.nan_to_num(x - exact), np.nan_to_num(exact))) / norm
 
         f_caffe = factor(caffe)
-        f_noise = max((factor(run.astype(np.float64).ravel()) for run in noise), default=0.0)
+        f_noise = max((abs(factor(run.astype(np.float64).ravel())) for run in noise), default=0.0)
         f_allowed = SIZE_MARGIN * f_noise + FLOOR_ULPS * FLOAT32_ULP
-        f_use = f_caffe / f_allowed
+        f_use = abs(f_caffe) / f_allowed
         if f_use > use:
             use = f_use
-            if f_use > 1:
-                detail = f"scaled by {1 + f_caffe:.6g} against the exact result (noise allows {f_allowed:.2g})"
+            if f_use > 1:  # 1 + f printed as such: a deviation of 1e-6 would vanish in 1.000001's digits
+                detail = (f"scaled by 1 {'+' if f_caffe >= 0 else '-'} {abs(f_caffe):.2e} against the exact result "
+                          f"(noise allows 1 +- {f_allowed:.2e})")  # fmt: skip
     noise_max = max((float(np.nanmax(_deviation(r.astype(np.float64).ravel(), exact), initial=0)) for r in noise),
                     default=0.0)  # fmt: skip
     unit = scale if scale > 0 else 1.0
@@ -222,6 +230,10 @@ class _Noise:
         n = value.numel()
         start = int(torch.randint(self.LENGTH, (1,), generator=self.generator))
         return block.repeat(-(-(start + n) // self.LENGTH))[start : start + n].view(value.shape)
+
+    def uniform(self, count: int, dtype: torch.dtype) -> torch.Tensor:
+        """``count`` fresh uniform random numbers of rms 1 (for the few values a layer's statistics hold)."""
+        return (torch.rand(count, generator=self.generator, dtype=torch.float64) * 2 - 1).to(dtype) * math.sqrt(3)
 
     def rerounded(self, value: torch.Tensor, relative: float) -> torch.Tensor:
         """``value`` with an independent relative error of rms ``relative`` per element (zeros stay zero)."""
@@ -328,6 +340,8 @@ def run_steps(net: CaffeNet, steps: Sequence[Step], given: Mapping[str, np.ndarr
                 module = net.layers[step.key]
                 bottoms = [env[b] for b in step.bottoms]
                 outs = module(*bottoms)
+                if jitter:  # statistics over many positions round together: a whole channel moves at once
+                    outs = module.coherent_rounding(bottoms, outs, noise.uniform)
                 if how.measure_with is not None:
                     measured.update(_measure(how.measure_with.layers[step.key], step.key, bottoms, outs))
                 for j, (top, value) in enumerate(zip(step.tops, outs)):

@@ -224,3 +224,42 @@ def test_unmatched_keys_are_listed_and_nothing_to_compare_is_an_error(oracle_dir
     np.savez(tmp_path / "none.npz", not_a_blob=np.zeros(2, np.float32))
     result = _oracle_run(oracle_dir, "softmax", outputs=tmp_path / "none.npz")
     assert result.returncode == 2 and result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------- Caffe's biased reductions (ships with the tests)
+
+BN_RAW = ROOT / "tests" / "data" / "oracle_segnet"
+
+
+def _bn_raw_report() -> verdict.Report:
+    net = converter.convert(BN_RAW / "bn_learn_raw.prototxt", BN_RAW / "bn_learn_raw.caffemodel", phase="TRAIN")
+    with np.load(BN_RAW / "bn_learn_raw.inputs.npz") as f:
+        inputs = {k: f[k] for k in f.files}
+    with np.load(BN_RAW / "bn_learn_raw.outputs.npz") as f:
+        reference = {k: f[k] for k in f.files}
+    return verdict.compare(net, inputs, reference)
+
+
+def test_bn_learn_on_raw_images_with_flat_regions_is_consistent():
+    """caffe-segnet's E[x^2] - E[x]^2 on raw 0..255 pixels rounds a whole channel at once: still consistent."""
+    report = _bn_raw_report()
+    assert report.passed, report.format()
+    assert {c.key for c in report.checks} >= {"conv1_bn", "diff:data", "param_diff:conv1_bn:0"}
+
+
+def test_a_planted_bn_eps_is_caught_on_raw_images(monkeypatch):
+    """mainline's eps (1e-5) in place of caffe-segnet's 1e-9 moves the faint channel by about 1%: caught."""
+    from converter import functional
+    from converter.layers import batchnorm
+
+    monkeypatch.setattr(batchnorm, "bn_learn", lambda x, scale, shift: functional.bn_learn(x, scale, shift, eps=1e-5))
+    report = _bn_raw_report()
+    assert not report.passed
+    failing = {c.key for c in report.checks if not c.ok}
+    assert "conv1_bn" in failing
+
+
+def test_a_scale_error_is_printed_with_its_deviation():
+    exact = np.linspace(1, 2, 1000)
+    check = verdict.judge_values("x", exact * (1 - 3e-6), exact, [exact], "net")
+    assert not check.ok and "scaled by 1 - 3.00e-06" in check.detail
