@@ -33,6 +33,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -162,15 +164,18 @@ def jpeg_copy(data: Path, split: str, quality: int, out: Path) -> Path:
     return out
 
 
+def _run(module: str, *argv: str) -> int:
+    """``python -m module argv...`` in this interpreter; its exit status (its messages go to the terminal)."""
+    return subprocess.run([sys.executable, "-m", module, *argv], cwd=experiment.ROOT).returncode
+
+
 def test_time(data: Path, qualities: list[int], out: Path, progress: bool = False,
               results: Path = experiment.RESULTS) -> int:  # fmt: skip
     """The example model scored by segnet.evaluate on the test PNGs and their JPEG copies; written to ``results``."""
-    import converter.cli
-    import segnet.evaluate
-
+    # The commands run as a user runs them (their own processes): the protocol is theirs, unchanged.
     out.mkdir(parents=True, exist_ok=True)
     model = out / "segnet_basic_camvid.pt"
-    if not model.exists() and converter.cli.main([f"{EXAMPLE}.prototxt", f"{EXAMPLE}.caffemodel", "-o", str(model)]):
+    if not model.exists() and _run("converter", f"{EXAMPLE}.prototxt", f"{EXAMPLE}.caffemodel", "-o", str(model), "-q"):
         raise UserError("the example model did not convert (the message above says why)")
     space = get_label_space("camvid")
     samples = list_samples(data, "test")
@@ -178,7 +183,7 @@ def test_time(data: Path, qualities: list[int], out: Path, progress: bool = Fals
     def score(kind: str, root: Path) -> dict:
         argv = ["--data", str(root), "--split", "test", "--model", str(model), "--out", str(out / kind)]
         if not (out / kind / "report.json").exists() and \
-                segnet.evaluate.main(argv + ([] if progress else ["--no-progress"])):  # fmt: skip
+                _run("segnet.evaluate", *argv, *([] if progress else ["--no-progress"])):  # fmt: skip
             raise UserError(f"scoring the {kind} images failed (the message above says why)")
         report = json.loads((out / kind / "report.json").read_text())
         return {m: round(100 * report[m], 2) for m in ("G", "C", "mIoU", "BF")}
