@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -205,6 +206,12 @@ def lrn_within_channel(x: torch.Tensor, size: int, alpha: float, beta: float) ->
 FLT_MIN = torch.finfo(torch.float32).tiny
 
 
+def normalizer(mode: str, outer: int, inner: int, valid: int) -> float:
+    """Mainline Caffe's divisor for a loss normalization mode, at least 1, as a float32 value."""
+    count = {"FULL": outer * inner, "VALID": valid, "BATCH_SIZE": outer, "NONE": 1}[mode]
+    return float(np.float32(max(1, count)))
+
+
 class _SoftmaxLossFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, labels, weights, ignore_label, normalize, axis, checked=True):
@@ -228,7 +235,9 @@ class _SoftmaxLossFunction(torch.autograd.Function):
         if w is not None:
             term = term * w
         term = torch.where(valid, term, torch.zeros_like(term))
-        if checked:
+        if isinstance(normalize, str):  # mainline's normalization mode
+            divisor = normalizer(normalize, outer, x.shape[2], int(valid.sum()))
+        elif checked:
             divisor = float(int(valid.sum())) if normalize else float(outer)
         else:  # a tensor: reading the count would wait for the device; float32 holds counts < 2^24 exactly
             divisor = valid.sum().clamp(min=1).to(torch.float32) if normalize else float(outer)
@@ -262,11 +271,14 @@ def softmax_with_loss(
     labels: torch.Tensor,
     class_weights: torch.Tensor | None = None,
     ignore_label: int | None = None,
-    normalize: bool = True,
+    normalize: bool | str = True,
     axis: int = 1,
     checked: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """caffe-segnet's weighted softmax loss. Returns (loss, prob).
+
+    ``normalize``: caffe-segnet's flag (true: the non-ignored positions;
+    false: the outer size), or mainline's mode by name (``normalizer``).
 
     ``checked=False`` never waits for the device (a training loop's need):
     labels are not checked (the caller has), and a batch without a labelled

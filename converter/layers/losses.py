@@ -53,7 +53,7 @@ from caffe_proto import caffe_pb2
 
 from .. import budget
 from .base import CaffeLayer, Shape, register
-from .softmax import normalizer
+from ..functional import normalizer
 
 #: Caffe's floor on probabilities inside a log (kLOG_THRESHOLD).
 LOG_THRESHOLD = 1e-20

@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
 from caffe_proto import caffe_pb2
 
 # Caffe's arithmetic lives in converter.functional; its names stay importable from here.
-from ..functional import FLT_MIN, softmax_with_loss  # noqa: F401
+from ..functional import FLT_MIN, normalizer, softmax_with_loss  # noqa: F401
 from .base import CaffeLayer, canonical_axis, register
 
 
@@ -43,64 +42,6 @@ class Softmax(CaffeLayer):
 
     def forward(self, x):
         return (torch.softmax(x, dim=self.axis),)
-
-
-def normalizer(mode: str, outer: int, inner: int, valid: int) -> float:
-    """Mainline Caffe's divisor for a loss normalisation mode, at least 1, as a float32 value."""
-    count = {"FULL": outer * inner, "VALID": valid, "BATCH_SIZE": outer, "NONE": 1}[mode]
-    return float(np.float32(max(1, count)))
-
-
-class _NormalizedSoftmaxLossFunction(torch.autograd.Function):
-    """Mainline Caffe's SoftmaxWithLoss with a ``normalization`` mode (class weights allowed)."""
-
-    @staticmethod
-    def forward(ctx, logits, labels, weights, ignore_label, mode, axis):
-        shape = logits.shape
-        outer, classes = math.prod(shape[:axis]), shape[axis]
-        x = logits.reshape(outer, classes, -1)
-        prob = torch.softmax(x, dim=1)
-        label = labels.reshape(outer, -1).to(torch.int64)  # Caffe truncates float labels
-        valid = torch.ones_like(label, dtype=torch.bool) if ignore_label is None else label != ignore_label
-        bad = valid & ((label < 0) | (label >= classes))
-        if bad.any():
-            raise ValueError(f"label {int(label[bad][0])} is outside 0..{classes - 1} and is not the ignore_label")
-        safe = torch.where(valid, label, torch.zeros_like(label))
-        p = prob.gather(1, safe.unsqueeze(1)).squeeze(1)
-        term = -torch.log(torch.clamp(p, min=FLT_MIN))
-        w = weights[safe].to(prob.dtype) if weights is not None else None
-        if w is not None:
-            term = term * w
-        term = torch.where(valid, term, torch.zeros_like(term))
-        divisor = normalizer(mode, outer, x.shape[2], int(valid.sum()))
-        loss = term.double().sum() / divisor
-        ctx.set_materialize_grads(False)
-        ctx.save_for_backward(prob, safe, valid)
-        ctx.weights, ctx.divisor, ctx.shape = w, divisor, shape
-        return loss.to(logits.dtype).reshape(()), prob.reshape(shape)
-
-    @staticmethod
-    def backward(ctx, grad_loss, grad_prob):
-        prob, label, valid = ctx.saved_tensors
-        grad = torch.zeros_like(prob)
-        if grad_loss is not None:
-            grad = prob.clone()
-            grad.scatter_add_(1, label.unsqueeze(1), -torch.ones_like(prob[:, :1]))
-            if ctx.weights is not None:
-                grad = grad * ctx.weights.unsqueeze(1)
-            grad = grad * valid.unsqueeze(1).to(grad.dtype)
-            grad = grad * (grad_loss / ctx.divisor)
-        if grad_prob is not None:  # the prob top used elsewhere: plain softmax backward, as softmax_with_loss does
-            g = grad_prob.reshape(prob.shape)
-            grad = grad + prob * (g - (g * prob).sum(dim=1, keepdim=True))
-        return grad.reshape(ctx.shape), None, None, None, None, None
-
-
-def normalized_softmax_loss(logits: torch.Tensor, labels: torch.Tensor, mode: str = "VALID",
-                            class_weights: torch.Tensor | None = None, ignore_label: int | None = None,
-                            axis: int = 1) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """Mainline Caffe's SoftmaxWithLoss divided by ``mode`` (FULL, VALID, BATCH_SIZE, NONE). Returns (loss, prob)."""
-    return _NormalizedSoftmaxLossFunction.apply(logits, labels, class_weights, ignore_label, mode, axis)
 
 
 @register("SoftmaxWithLoss")
@@ -143,8 +84,8 @@ class SoftmaxWithLoss(CaffeLayer):
     def forward(self, logits, labels):
         try:
             if self.normalization is not None:
-                loss, prob = normalized_softmax_loss(logits, labels, self.normalization, self.class_weighting,
-                                                     self.ignore_label, self.axis)  # fmt: skip
+                loss, prob = softmax_with_loss(logits, labels, self.class_weighting, self.ignore_label,
+                                               self.normalization, self.axis)  # fmt: skip
             else:
                 loss, prob = softmax_with_loss(logits, labels, self.class_weighting, self.ignore_label,
                                                self.normalize, self.axis)  # fmt: skip
