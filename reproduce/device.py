@@ -508,20 +508,9 @@ class Runner:
                     break
                 if rest:
                     queue.insert(0, rest)
-                try:
-                    results = run_set(*self.launch(jobs, start[jobs[0]]))
-                except Exception as exc:  # noqa: BLE001 (a set's failure is reported; the others still run)
-                    self.failed(jobs, exc)
-                    self.finish_files()
-                    continue
-                for result in results:
-                    self.done(result)
-                self.finish_files()
-                again = [(r["variant"], r["balancing"]) for r in results if r.get("again")]
-                if again:
-                    start.update({job: start_iteration(self.work / experiment.job_name(*job)) for job in again})
-                    queue.insert(0, again)
-                elif not all(r["finished"] for r in results):
+                results = self.settle(jobs, lambda: run_set(*self.launch(jobs, start[jobs[0]])), queue, start)
+                if results is not None and not any(r.get("again") for r in results) and \
+                        not all(r["finished"] for r in results):  # fmt: skip
                     break
         else:
             self.go_concurrently(queue, start)
@@ -544,20 +533,25 @@ class Runner:
                     break
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in finished:
-                    jobs = running.pop(future)
-                    try:
-                        results = future.result()
-                    except Exception as exc:  # noqa: BLE001 (reported; the other sets still run)
-                        self.failed(jobs, exc)
-                        self.finish_files()
-                        continue
-                    for result in results:
-                        self.done(result)
-                    self.finish_files()
-                    again = [(r["variant"], r["balancing"]) for r in results if r.get("again")]
-                    if again:
-                        start.update({job: start_iteration(self.work / experiment.job_name(*job)) for job in again})
-                        queue.insert(0, again)
+                    self.settle(running.pop(future), future.result, queue, start)
+
+    def settle(self, jobs: list[tuple[str, str]], results_of, queue: list[list[tuple[str, str]]],
+               start: dict[tuple[str, str], int]) -> list[dict] | None:  # fmt: skip
+        """File a set's results (None when it failed: reported, the other sets still run); queue rows to go again."""
+        try:
+            results = results_of()
+        except Exception as exc:  # noqa: BLE001 (a set's failure is reported; the others still run)
+            self.failed(jobs, exc)
+            self.finish_files()
+            return None
+        for result in results:
+            self.done(result)
+        self.finish_files()
+        again = [(r["variant"], r["balancing"]) for r in results if r.get("again")]
+        if again:
+            start.update({job: start_iteration(self.work / experiment.job_name(*job)) for job in again})
+            queue.insert(0, again)
+        return results
 
 
 def _interrupted(signum: int, frame: object) -> None:
