@@ -22,12 +22,14 @@ The rule (the only place it is stated; README repeats it in words):
   for exact operations such as max pooling or ReLU). These runs flip
   near-tied decisions as another float32 implementation would.
 * Statistics a layer takes over many positions (BN's batch mean and
-  variance) round once and move a whole channel together, which noise on
-  each value does not do. In the noisy runs such a layer also rounds its
-  statistics, each sum of m terms by ``2**-24 * sqrt(m)`` relative (the
-  same model), through its own float32 formula (caffe-segnet's variance
-  ``E[x^2] - E[x]^2`` amplifies that rounding by ``(E[x^2] + 2 |E[x]| E|x|)
-  / var``): ``CaffeLayer.coherent_rounding``.
+  variance, and the two sums of its backward) round once and move a whole
+  channel together, which noise on each value does not do. In the noisy
+  runs such a layer also rounds its statistics, each mean of m values as a
+  running float32 sum rounds it (``2**-24 (|mean| sqrt(m/3) + spread /
+  sqrt(2))``, ``layers.base.mean_rounding``), through its own formula
+  (caffe-segnet's variance ``E[x^2] - E[x]^2`` amplifies the rounding where
+  the mean is large against the spread), one random number per statistic
+  shared by the channels (like sums round alike): ``CaffeLayer.coherent_rounding``.
 * For every compared blob, the deviations from the exact result are sorted,
   largest first. Caffe passes when its k-th largest deviation is at most
   ``SIZE_MARGIN`` times the noise's ceil(k / ``COUNT_MARGIN``)-th largest
