@@ -9,7 +9,6 @@ and the module's tensors.
 
 from __future__ import annotations
 
-import math
 from typing import ClassVar, Sequence
 
 import numpy as np
@@ -24,20 +23,6 @@ Shape = tuple[int, ...]
 
 #: The relative rounding of one float32 operation (half an ulp).
 FLOAT32_ROUNDING = 2.0**-24
-
-
-def mean_rounding(values: torch.Tensor, dims: Sequence[int]) -> torch.Tensor:
-    """The rms rounding error of a float32 mean over ``dims`` taken by a running sum (per remaining position).
-
-    Adding m values of mean a and spread s one by one, the k-th addition
-    rounds the partial sum, about k a + sqrt(k) s, by 2^-24 of it: in all
-    2^-24 (|a| m^1.5 / sqrt(3) + s m / sqrt(2)), divided by m for the mean.
-    Like values (raw pixels) err much more than zero-mean ones (gradients).
-    """
-    m = math.prod(values.shape[d] for d in dims)
-    mean = values.mean(dim=list(dims), keepdim=True)
-    spread = (values - mean).square().mean(dim=list(dims), keepdim=True).sqrt()
-    return FLOAT32_ROUNDING * (mean.abs() * math.sqrt(m / 3) + spread / math.sqrt(2))
 
 #: Caffe type name -> layer class. Filled by ``@register``.
 LAYER_TYPES: dict[str, type["CaffeLayer"]] = {}

@@ -45,50 +45,8 @@ from caffe_proto import caffe_pb2
 from ..fillers import fill
 # Caffe's arithmetic lives in converter.functional; its names stay importable from here.
 from ..functional import SEGNET_BN_EPS, batch_moments, bn_inference, bn_learn  # noqa: F401
-from .base import CaffeLayer, canonical_axis, mean_rounding, register
-
-
-class _StatisticsGradientRounding(torch.autograd.Function):
-    """Identity on y; in backward, what Caffe's rounded statistics change in x's gradient, added to it.
-
-    The batch-statistics backward is ``dx = gain / std * (dy - mean(dy) - xhat * mean(dy * xhat))``: it divides
-    by the forward's rounded std (a relative error ``std_error``), and each mean is a float32 sum over the
-    channel's positions. Both move the whole channel's gradient together.
-    """
-
-    @staticmethod
-    def forward(ctx, y, x, xhat, gain_over_std, std_error, draws):
-        ctx.save_for_backward(xhat, gain_over_std, std_error)
-        ctx.draws = draws
-        return y.view_as(y)
-
-    @staticmethod
-    def backward(ctx, dy):
-        xhat, gain_over_std, std_error = ctx.saved_tensors
-        dims = [0] + list(range(2, dy.dim()))
-        mean_dy = dy.mean(dim=dims, keepdim=True)
-        mean_dot = (dy * xhat).mean(dim=dims, keepdim=True)
-        r_sum, r_dot = ctx.draws
-        d_sum = r_sum * mean_rounding(dy, dims)
-        d_dot = r_dot * mean_rounding(dy * xhat, dims)
-        exact = gain_over_std * (dy - mean_dy - xhat * mean_dot)
-        return dy, -std_error * exact - gain_over_std * (d_sum + xhat * d_dot), None, None, None, None
-
-
-def statistics_rounding(x: torch.Tensor, y: torch.Tensor, mean: torch.Tensor, var: torch.Tensor,
-                        d_mean: torch.Tensor, d_var: torch.Tensor, gain: torch.Tensor, offset: torch.Tensor,
-                        eps: float, uniform) -> torch.Tensor:  # fmt: skip
-    """y = gain * (x - mean) / sqrt(var + eps) + offset as it comes out when the batch mean and variance carry
-    the errors ``d_mean`` and ``d_var``, and its backward's two channel means round as ``mean_rounding`` says (one
-    random number each, shared by the channels: sums of like values in like order round alike)."""
-    with torch.no_grad():
-        std = torch.sqrt(var + eps)
-        std_error = d_var / (2 * (var + eps))
-        delta = -gain * d_mean / std - (y - offset) * std_error
-        xhat = (x - mean) / std
-    moved = y + delta  # x's gradient through y stays the exact one; the Function adds the rounding's share
-    draws = tuple(uniform(2, x.dtype))
-    return _StatisticsGradientRounding.apply(moved, x, xhat, gain / std, std_error, draws)
+from .base import CaffeLayer, canonical_axis, register
+from .statistics import mean_rounding, with_rounded_backward
 
 
 @register("BN")
@@ -129,9 +87,10 @@ class BN(CaffeLayer):
 
         Each statistic is a float32 mean over N*H*W values, rounded as
         ``mean_rounding`` says; the variance inherits both means' errors,
-        amplified where |mean| is large against the spread. The same random numbers serve every channel: sums of
-        like values in like order round alike (on raw images with flat
-        regions Caffe's channels all err the same way).
+        amplified where |mean| is large against the spread. The same random
+        numbers serve every channel: sums of like values in like order round
+        alike (on raw images with flat regions Caffe's channels all err the
+        same way).
         """
         if self.mode == "INFERENCE":
             return tops
@@ -144,8 +103,12 @@ class BN(CaffeLayer):
             r_mean, r_sq = uniform(2, x.dtype)
             d_mean = r_mean * mean_rounding(x, dims)
             d_var = r_sq * mean_rounding(x.square(), dims) - 2 * mean * d_mean
-        moved = [statistics_rounding(x, tops[0], mean, var, d_mean, d_var, self.scale.detach(),
-                                     self.shift.detach(), SEGNET_BN_EPS, uniform), *tops[1:]]  # fmt: skip
+            gain_over_std = self.scale.detach() / torch.sqrt(var + SEGNET_BN_EPS)
+            std_error = d_var / (2 * (var + SEGNET_BN_EPS))
+            xhat = (x - mean) * torch.rsqrt(var + SEGNET_BN_EPS)
+            delta = -gain_over_std * d_mean - (tops[0] - self.shift.detach()) * std_error
+        y = tops[0] + delta  # outside no_grad: the gradient through y stays the exact one
+        moved = [with_rounded_backward(y, x, xhat, gain_over_std, std_error, dims, uniform), *tops[1:]]
         for i, d in ((1, d_mean), (2, d_var)):  # the optional mean and variance tops
             if i < len(tops):
                 moved[i] = tops[i] + d
@@ -212,8 +175,11 @@ class BatchNorm(CaffeLayer):
             r_mean, r_var = uniform(2, x.dtype)
             d_mean = r_mean * mean_rounding(x, dims)
             d_var = r_var * mean_rounding((x - mean).square(), dims)
-            one, zero = torch.ones((), dtype=x.dtype), torch.zeros((), dtype=x.dtype)
-        return (statistics_rounding(x, tops[0], mean, var, d_mean, d_var, one, zero, self.eps, uniform),)
+            inv_std = torch.rsqrt(var + self.eps)
+            std_error = d_var / (2 * (var + self.eps))
+            delta = -inv_std * d_mean - tops[0] * std_error
+            xhat = (x - mean) * inv_std
+        return (with_rounded_backward(tops[0] + delta, x, xhat, inv_std, std_error, dims, uniform),)
 
     def extra_repr(self):
         stats = "stored" if self.use_global_stats else "batch" if self.use_global_stats is False else "by mode"

@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 
 from .base import CaffeLayer, Shape, register
+from .statistics import mean_rounding, with_rounded_backward
 
 
 class _MVNFunction(torch.autograd.Function):
@@ -87,6 +88,24 @@ class MVN(CaffeLayer):
     def forward(self, x):
         x = x.reshape(legacy_4d(tuple(x.shape)))
         return (mvn(x, self.across_channels, self.normalize_variance, self.eps),)
+
+    def coherent_rounding(self, bottoms, tops, uniform):
+        """The rounding of each plane's mean and of its variance ``E[x^2] - E[x]^2`` (see BN's, the same sums)."""
+        x = bottoms[0].reshape(legacy_4d(tuple(bottoms[0].shape)))
+        dims = (1, 2, 3) if self.across_channels else (2, 3)
+        with torch.no_grad():
+            mean = x.mean(dim=dims, keepdim=True)
+            r_mean, r_sq = uniform(2, x.dtype)
+            d_mean = r_mean * mean_rounding(x, dims)
+            if not self.normalize_variance:
+                return (tops[0] - d_mean,)
+            mean_sq = x.square().mean(dim=dims, keepdim=True)
+            std = (mean_sq - mean.square()).clamp(min=0).sqrt()
+            d_var = r_sq * mean_rounding(x.square(), dims) - 2 * mean * d_mean
+            inv_scale = 1 / (std + self.eps)
+            std_error = torch.where(std > 0, d_var / (2 * std.clamp(min=torch.finfo(x.dtype).tiny)), 0) * inv_scale
+            delta = -d_mean * inv_scale - tops[0] * std_error
+        return (with_rounded_backward(tops[0] + delta, x, tops[0].detach(), inv_scale, std_error, dims, uniform),)
 
     def extra_repr(self):
         return (f"{super().extra_repr()} normalize_variance={self.normalize_variance} "
