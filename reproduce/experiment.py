@@ -23,7 +23,7 @@ from segnet.models.checkpoint import load_model
 from segnet.cli import data_root
 from segnet.data.datasets import SegmentationDataset
 from segnet.evaluation.core import evaluate, model_predictions
-from segnet.deploy.measure import cpu_has_bf16
+from segnet.deploy.measure import cpu_has_bf16, cpu_name
 from segnet.evaluation.metrics import METRICS
 from segnet.models.family import count_parameters
 from segnet.evaluation.paper import PAPER_PARAMS_M, PAPER_STORAGE, PAPER_TIME_MS, paper_row
@@ -152,10 +152,23 @@ def inference_ms(model: torch.nn.Module, size: tuple[int, int], repeats: int = 5
     return 1000 * statistics.median(times)
 
 
+def cpu_vector_units() -> str:
+    """The widest vector extensions this CPU has (speed and rounding differ with them), e.g. ", AVX-512 BF16"."""
+    try:
+        flags = set(next(line for line in Path("/proc/cpuinfo").read_text().splitlines()
+                         if line.startswith("flags")).split(":", 1)[1].split())  # fmt: skip
+    except (OSError, StopIteration):
+        return ""
+    for flag, name in (("amx_tile", "AMX"), ("avx512_bf16", "AVX-512 BF16"), ("avx512f", "AVX-512"), ("avx2", "AVX2")):
+        if flag in flags:
+            return f", {name}"
+    return ""
+
+
 def hardware() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
-    return f"{os.cpu_count()}-core CPU ({platform.machine()}), no GPU"
+    return f"{os.cpu_count()}-core {cpu_name()} ({platform.machine()}{cpu_vector_units()}), no GPU"
 
 
 def assemble_table(results: list[dict], budget: Budget, command: str, hw: str) -> str:
