@@ -180,7 +180,28 @@ def cases():
                                                      r.integers(0, 5, size=(1, 1, 37, 45))).astype(np.float32)},
          skip=("conv1_1", "conv1_2", "pool1", "conv2_1", "conv2_2", "pool2"), no_diff=("label",),
          sizes=((1, 1), (17, 23), (64, 64), (100, 77), (224, 224), (333, 500), (500, 500)))
+    case("resnet_block", "A ResNet-style stem and block in TRAIN: Convolution 7x7 stride 2 without bias on raw "
+         "0..255 pixels (integers, with a flat block) -> BatchNorm (batch statistics) -> Scale with bias -> ReLU -> "
+         "MAX pool 3x3 stride 2 -> two 3x3 Convolution/BatchNorm/Scale branches summed with the shortcut -> ReLU.",
+         resnet_block(),
+         lambda r: {"data": np.where(np.arange(40 * 48).reshape(1, 1, 40, 48) % 48 < 20, np.float32(131),
+                                     r.integers(0, 256, size=(2, 3, 40, 48))).astype(np.float32)})
     return out
+
+
+def resnet_block() -> str:
+    def conv_bn(name, bottom, out, kernel, stride=1, pad=0, relu=True):
+        text = layer(name, "Convolution", bottom, name, f"convolution_param {{ num_output: {out} kernel_size: "
+                     f"{kernel} stride: {stride} pad: {pad} bias_term: false }}")
+        text += layer(f"bn_{name}", "BatchNorm", name, name)
+        text += layer(f"scale_{name}", "Scale", name, name, "scale_param { bias_term: true }")
+        return text + (layer(f"relu_{name}", "ReLU", name, name) if relu else "")
+
+    text = inp("data", 2, 3, 40, 48) + conv_bn("conv1", "data", 8, 7, 2, 3)
+    text += layer("pool1", "Pooling", "conv1", "pool1", "pooling_param { pool: MAX kernel_size: 3 stride: 2 }")
+    text += conv_bn("res2a_1", "pool1", 8, 3, pad=1) + conv_bn("res2a_2", "res2a_1", 8, 3, pad=1, relu=False)
+    text += layer("res2a", "Eltwise", ["pool1", "res2a_2"], "res2a")
+    return text + layer("res2a_relu", "ReLU", "res2a", "res2a")
 
 
 def fcn8s_mini() -> str:
