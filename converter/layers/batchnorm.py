@@ -108,7 +108,8 @@ class BN(CaffeLayer):
             xhat = (x - mean) * torch.rsqrt(var + SEGNET_BN_EPS)
             delta = -gain_over_std * d_mean - (tops[0] - self.shift.detach()) * std_error
         y = tops[0] + delta  # outside no_grad: the gradient through y stays the exact one
-        moved = [with_rounded_backward(y, x, xhat, gain_over_std, std_error, dims, uniform), *tops[1:]]
+        moved = [with_rounded_backward(y, x, xhat, gain_over_std, std_error, dims, uniform, gain=self.scale,
+                                       mean_error=d_mean * torch.rsqrt(var + SEGNET_BN_EPS)), *tops[1:]]  # fmt: skip
         for i, d in ((1, d_mean), (2, d_var)):  # the optional mean and variance tops
             if i < len(tops):
                 moved[i] = tops[i] + d
