@@ -168,7 +168,7 @@ def cpu_vector_units() -> str:
 def hardware() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
-    return f"{os.cpu_count()}-core {cpu_name()} ({platform.machine()}{cpu_vector_units()}), no GPU"
+    return f"{os.cpu_count()}-core CPU, {cpu_name()} ({platform.machine()}{cpu_vector_units()}), no GPU"
 
 
 def assemble_table(results: list[dict], budget: Budget, command: str, hw: str) -> str:
