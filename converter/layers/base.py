@@ -18,6 +18,7 @@ from torch import nn
 from caffe_proto import caffe_pb2
 
 from ..errors import CaffeFormatError
+from ..fillers import fill
 
 Shape = tuple[int, ...]
 
@@ -128,6 +129,24 @@ class CaffeLayer(nn.Module):
 
     def fail(self, problem: str) -> CaffeFormatError:
         return CaffeFormatError(problem, layer=self.caffe_name)
+
+
+class WeightAndBias(CaffeLayer):
+    """A layer with a learned weight and, with ``bias_term``, a bias: Convolution, InnerProduct, Embed.
+
+    Their parameter messages share ``bias_term``, ``weight_filler`` and ``bias_filler``.
+    """
+
+    def init_weight_and_bias(self, weight_shape: Shape, bias_size: int, p) -> None:
+        self.weight = nn.Parameter(torch.zeros(weight_shape))
+        self.bias = nn.Parameter(torch.zeros(bias_size)) if p.bias_term else None
+        self.blob_attrs = ("weight", "bias") if p.bias_term else ("weight",)
+        self._fillers = (p.weight_filler, p.bias_filler)
+
+    def fill(self, generator: torch.Generator) -> None:
+        fill(self.weight, self._fillers[0], generator)
+        if self.bias is not None:
+            fill(self.bias, self._fillers[1], generator)
 
 
 def pair(param, single: str, h: str, w: str, default: int | None = None, what: str = "",

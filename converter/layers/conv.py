@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import math
 
-import torch
 import torch.nn.functional as F
-from torch import nn
 
-from ..fillers import fill
-from .base import CaffeLayer, Shape, canonical_axis, pair, register
+from .base import Shape, WeightAndBias, canonical_axis, pair, register
 
 
 def conv_output_size(size: int, kernel: int, stride: int, pad: int, dilation: int = 1) -> int:
@@ -28,7 +25,7 @@ def deconv_output_size(size: int, kernel: int, stride: int, pad: int, dilation: 
     return stride * (size - 1) + dilation * (kernel - 1) + 1 - 2 * pad
 
 
-class _ConvBase(CaffeLayer):
+class _ConvBase(WeightAndBias):
     transposed = False
     #: the per-axis output size rule
     size_rule = staticmethod(conv_output_size)
@@ -62,15 +59,7 @@ class _ConvBase(CaffeLayer):
             weight_shape = (channels, self.num_output // self.group, *self.kernel)
         else:
             weight_shape = (self.num_output, channels // self.group, *self.kernel)
-        self.weight = nn.Parameter(torch.zeros(weight_shape))
-        self.bias = nn.Parameter(torch.zeros(self.num_output)) if p.bias_term else None
-        self.blob_attrs = ("weight", "bias") if p.bias_term else ("weight",)
-        self._fillers = (p.weight_filler, p.bias_filler)
-
-    def fill(self, generator):
-        fill(self.weight, self._fillers[0], generator)
-        if self.bias is not None:
-            fill(self.bias, self._fillers[1], generator)
+        self.init_weight_and_bias(weight_shape, self.num_output, p)
 
     def top_shapes(self, bottom_shapes):
         n, _, h, w = bottom_shapes[0]
@@ -95,7 +84,7 @@ class Deconvolution(_ConvBase):
 
 
 @register("InnerProduct")
-class InnerProduct(CaffeLayer):
+class InnerProduct(WeightAndBias):
     def __init__(self, param, bottom_shapes, phase):
         super().__init__(param, bottom_shapes, phase)
         p = param.inner_product_param
@@ -104,18 +93,11 @@ class InnerProduct(CaffeLayer):
         fan_in = math.prod(shape[self.axis :])
         self.num_output = p.num_output
         self.transpose = p.transpose
-        self.weight = nn.Parameter(torch.zeros((fan_in, p.num_output) if p.transpose else (p.num_output, fan_in)))
-        self.bias = nn.Parameter(torch.zeros(p.num_output)) if p.bias_term else None
-        self.blob_attrs = ("weight", "bias") if p.bias_term else ("weight",)
-        self._fillers = (p.weight_filler, p.bias_filler)
+        self.init_weight_and_bias((fan_in, p.num_output) if p.transpose else (p.num_output, fan_in), p.num_output,
+                                  p)
 
     def top_shapes(self, bottom_shapes: list[Shape]):
         return [(*bottom_shapes[0][: self.axis], self.num_output)]
-
-    def fill(self, generator):
-        fill(self.weight, self._fillers[0], generator)
-        if self.bias is not None:
-            fill(self.bias, self._fillers[1], generator)
 
     def forward(self, x):
         weight = self.weight.t() if self.transpose else self.weight

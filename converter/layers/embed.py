@@ -19,10 +19,8 @@ position in order, as Caffe's loop does; b's is the sum over positions.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from ..fillers import fill
-from .base import CaffeLayer, register
+from .base import WeightAndBias, register
 
 
 class _EmbedFunction(torch.autograd.Function):
@@ -42,7 +40,7 @@ class _EmbedFunction(torch.autograd.Function):
 
 
 @register("Embed")
-class Embed(CaffeLayer):
+class Embed(WeightAndBias):
     def __init__(self, param, bottom_shapes, phase):
         super().__init__(param, bottom_shapes, phase)
         p = param.embed_param
@@ -51,15 +49,7 @@ class Embed(CaffeLayer):
         if p.input_dim <= 0:
             raise self.fail(f"input_dim (the number of indices) must be positive, got {p.input_dim}")
         self.num_output, self.input_dim = p.num_output, p.input_dim
-        self.weight = nn.Parameter(torch.zeros(self.input_dim, self.num_output))
-        self.bias = nn.Parameter(torch.zeros(self.num_output)) if p.bias_term else None
-        self.blob_attrs = ("weight", "bias") if p.bias_term else ("weight",)
-        self._fillers = (p.weight_filler, p.bias_filler)
-
-    def fill(self, generator):
-        fill(self.weight, self._fillers[0], generator)
-        if self.bias is not None:
-            fill(self.bias, self._fillers[1], generator)
+        self.init_weight_and_bias((self.input_dim, self.num_output), self.num_output, p)
 
     def top_shapes(self, bottom_shapes):
         return [(*bottom_shapes[0], self.num_output)]
