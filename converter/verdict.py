@@ -26,7 +26,7 @@ The rule (the only place it is stated; README repeats it in words):
   channel together, which noise on each value does not do. In the noisy
   runs such a layer also rounds its statistics, each mean of m values as a
   running float32 sum rounds it (``2**-24 (|mean| sqrt(m/3) + spread /
-  sqrt(2))``, ``layers.base.mean_rounding``), through its own formula
+  sqrt(2))``, ``layers.statistics.mean_rounding``), through its own formula
   (caffe-segnet's variance ``E[x^2] - E[x]^2`` amplifies the rounding where
   the mean is large against the spread), one random number per statistic
   shared by the channels (like sums round alike): ``CaffeLayer.coherent_rounding``.
@@ -67,10 +67,9 @@ import numpy as np
 import torch
 
 from .graph import CaffeNet, Step
+from .layers.base import FLOAT32_ROUNDING
 
 FLOAT32_ULP = 2.0**-23
-#: the rounding of one float32 operation, relative (half an ulp)
-FLOAT32_ROUNDING = 2.0**-24
 COUNT_MARGIN = 4
 SIZE_MARGIN = 4
 FLOOR_ULPS = 8

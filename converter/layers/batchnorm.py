@@ -103,13 +103,14 @@ class BN(CaffeLayer):
             r_mean, r_sq = uniform(2, x.dtype)
             d_mean = r_mean * mean_rounding(x, dims)
             d_var = r_sq * mean_rounding(x.square(), dims) - 2 * mean * d_mean
-            gain_over_std = self.scale.detach() / torch.sqrt(var + SEGNET_BN_EPS)
+            inv_std = torch.rsqrt(var + SEGNET_BN_EPS)
+            gain_over_std = self.scale.detach() * inv_std
             std_error = d_var / (2 * (var + SEGNET_BN_EPS))
-            xhat = (x - mean) * torch.rsqrt(var + SEGNET_BN_EPS)
+            xhat = (x - mean) * inv_std
             delta = -gain_over_std * d_mean - (tops[0] - self.shift.detach()) * std_error
         y = tops[0] + delta  # outside no_grad: the gradient through y stays the exact one
         moved = [with_rounded_backward(y, x, xhat, gain_over_std, std_error, dims, uniform, gain=self.scale,
-                                       mean_error=d_mean * torch.rsqrt(var + SEGNET_BN_EPS)), *tops[1:]]  # fmt: skip
+                                       mean_error=d_mean * inv_std), *tops[1:]]  # fmt: skip
         for i, d in ((1, d_mean), (2, d_var)):  # the optional mean and variance tops
             if i < len(tops):
                 moved[i] = tops[i] + d

@@ -97,8 +97,9 @@ class MVN(CaffeLayer):
             mean = x.mean(dim=dims, keepdim=True)
             r_mean, r_sq = uniform(2, x.dtype)
             d_mean = r_mean * mean_rounding(x, dims)
-            if not self.normalize_variance:
-                return (tops[0] - d_mean,)
+        if not self.normalize_variance:  # outside no_grad: the top keeps its gradient
+            return (tops[0] - d_mean,)
+        with torch.no_grad():
             mean_sq = x.square().mean(dim=dims, keepdim=True)
             std = (mean_sq - mean.square()).clamp(min=0).sqrt()
             d_var = r_sq * mean_rounding(x.square(), dims) - 2 * mean * d_mean

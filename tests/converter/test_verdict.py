@@ -263,3 +263,21 @@ def test_a_scale_error_is_printed_with_its_deviation():
     exact = np.linspace(1, 2, 1000)
     check = verdict.judge_values("x", exact * (1 - 3e-6), exact, [exact], "net")
     assert not check.ok and "scaled by 1 - 3.00e-06" in check.detail
+
+
+@pytest.mark.parametrize("layer", [
+    'type: "MVN" mvn_param { normalize_variance: false }', 'type: "MVN"', 'type: "BN" bn_param { bn_mode: LEARN }',
+    'type: "BatchNorm"',
+])  # fmt: skip
+def test_statistics_rounding_keeps_the_gradient_path(layer):
+    """The noise runs' moved tops still carry x's gradient (else a noise run's upstream gradients would vanish)."""
+    from converter.prototxt import parse_net_text
+    from converter.graph import CaffeNet
+
+    net = CaffeNet(parse_net_text('input: "data" input_shape { dim: 2 dim: 3 dim: 4 dim: 5 }\n'
+                                  f'layer {{ name: "s" {layer} bottom: "data" top: "s" }}'), phase="TRAIN")  # fmt: skip
+    module = net.layer("s").double()
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+    moved = module.coherent_rounding([x], module(x), lambda n, dtype: torch.full((n,), 0.5, dtype=dtype))
+    moved[0].sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
