@@ -14,7 +14,7 @@ import torch
 from . import budget, checkpoint, verdict
 from .arrays import read_arrays
 from .atomic import atomic_write, refuse_overwriting_inputs
-from .dialect import MAINLINE, SEGNET, detect_net, detect_types
+from .dialect import MAINLINE, SEGNET, detect_types
 from .errors import CaffeFormatError, UserError, add_debug_option, run_command
 from .graph import CaffeNet, numpy_blobs
 from .prototxt import read_net
@@ -174,7 +174,7 @@ def _command(args: argparse.Namespace) -> int:
     net.init_weights(args.seed)
     if args.weights:
         weights = read_weights(args.weights)
-        _note_fork_mismatch(net_param, weights, args)
+        _note_fork_mismatch(net, weights, args)
         net.load_caffe_weights(weights, args.allow_missing, args.allow_unused)
     else:
         print(f"no weights given: parameters filled with the prototxt's fillers (seed {args.seed})")
@@ -196,9 +196,9 @@ def _command(args: argparse.Namespace) -> int:
     return status
 
 
-def _note_fork_mismatch(net_param, weights, args) -> None:
+def _note_fork_mismatch(net: CaffeNet, weights, args) -> None:
     """Say so when the prototxt and the caffemodel tell different forks (their layers should match by name)."""
-    net_fork = detect_net(net_param).fork
+    net_fork = net.dialect.fork
     weights_fork = detect_types([layer.type for layer in weights.layers.values()]).fork
     if {net_fork, weights_fork} == {SEGNET, MAINLINE}:
         print(f"note: {args.prototxt} reads as {net_fork} but {args.weights} holds {weights_fork} layer types",

@@ -64,6 +64,13 @@ MAINLINE_ONLY_FIELDS = frozenset({
     "LayerParameter.input_param", "LayerParameter.parameter_param", "LayerParameter.recurrent_param",
     "LayerParameter.scale_param", "LayerParameter.swish_param", "LayerParameter.tile_param", ND_SIZES,
 })  # fmt: skip
+#: Types both forks register with different arithmetic, and only caffe-segnet's is converted: refused in a
+#: mainline file, with the reason.
+MAINLINE_MEANS_OTHERWISE = {
+    "InfogainLoss": "mainline Caffe's InfogainLoss applies a softmax to its input first, caffe-segnet's takes "
+                    "probabilities: only the latter is converted (use Softmax + caffe-segnet's InfogainLoss, or "
+                    "compute the loss outside the net)",
+}
 #: (caffe-segnet's field, mainline's field, what they share): both in one file fits no Caffe.
 CLASHES = (
     ("LayerParameter.upsample_param", "LayerParameter.embed_param", "LayerParameter field 137"),
@@ -108,18 +115,25 @@ def _add(found: list[str], item: str) -> None:
         found.append(item)
 
 
+def _add_type(kind: str | None, segnet: list[str], mainline: list[str]) -> None:
+    if kind in SEGNET_ONLY_TYPES:
+        _add(segnet, kind)
+    elif kind in MAINLINE_ONLY_TYPES:
+        _add(mainline, kind)
+
+
 def detect_net(net: caffe_pb2.NetParameter, source: str | Path = "<net>") -> Dialect:
-    """Tell the fork of a parsed net definition; a file that no Caffe can hold raises CaffeFormatError."""
+    """Tell the fork of a parsed net definition.
+
+    Raises CaffeFormatError for a file that no Caffe can hold, and for a mainline file using a type listed in
+    ``MAINLINE_MEANS_OTHERWISE``.
+    """
     segnet: list[str] = []
     mainline: list[str] = []
     used: dict[str, str] = {}  # clashing field -> first layer using it
     layers = [*net.layer, *net.layers]
     for layer in layers:
-        kind = layer.type if isinstance(layer.type, str) else ""
-        if kind in SEGNET_ONLY_TYPES:
-            _add(segnet, kind)
-        elif kind in MAINLINE_ONLY_TYPES:
-            _add(mainline, kind)
+        _add_type(layer.type if isinstance(layer.type, str) else None, segnet, mainline)
         for path in _fields(layer, type(layer).DESCRIPTOR.name):
             if path in SEGNET_ONLY_FIELDS:
                 _add(segnet, path.split(".")[1])
@@ -132,7 +146,12 @@ def detect_net(net: caffe_pb2.NetParameter, source: str | Path = "<net>") -> Dia
                 f"uses caffe-segnet's {segnet_field.split('.')[1]} (layer '{used[segnet_field]}') and mainline "
                 f"Caffe's {mainline_field.split('.')[1]} (layer '{used[mainline_field]}'), which are both "
                 f"{number}: no Caffe reads both; keep the one the net's Caffe has", source)  # fmt: skip
-    return _verdict(segnet, mainline)
+    dialect = _verdict(segnet, mainline)
+    if dialect.fork == MAINLINE:
+        for layer in layers:
+            if layer.type in MAINLINE_MEANS_OTHERWISE:
+                raise CaffeFormatError(MAINLINE_MEANS_OTHERWISE[layer.type], source, layer.name)
+    return dialect
 
 
 def _fields(message: Message, name: str):
@@ -153,8 +172,5 @@ def detect_types(types: list[str | None]) -> Dialect:
     segnet: list[str] = []
     mainline: list[str] = []
     for kind in types:
-        if kind in SEGNET_ONLY_TYPES:
-            _add(segnet, kind)
-        elif kind in MAINLINE_ONLY_TYPES:
-            _add(mainline, kind)
+        _add_type(kind, segnet, mainline)
     return _verdict(segnet, mainline)

@@ -15,6 +15,7 @@ import operator
 import re
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -24,6 +25,7 @@ from torch import nn
 from caffe_proto import caffe_pb2
 
 from . import budget
+from .dialect import Dialect, detect_net
 from .errors import CaffeFormatError, UserError
 from .layers import DATA_LAYER_TYPES, DEFAULT_IMAGE_SIZE, LAYER_TYPES, CaffeLayer, Shape, implied_input_shapes, refusal
 from .prototxt import layers_for_phase, net_to_text, phase_value
@@ -200,6 +202,11 @@ class CaffeNet(nn.Module):
         self.steps.append(Step(layer.name, layer.type, key, bottoms, tops))
 
     # ------------------------------------------------------------------ introspection
+
+    @cached_property
+    def dialect(self) -> Dialect:
+        """Which Caffe the net definition was written for (converter.dialect), worked out once."""
+        return detect_net(self.net_param)
 
     @property
     def input_names(self) -> list[str]:

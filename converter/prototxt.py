@@ -19,7 +19,7 @@ from google.protobuf import text_format
 from caffe_proto import caffe_pb2
 
 from . import budget
-from .dialect import MAINLINE, detect_net
+from .dialect import detect_net
 from .errors import CaffeFormatError
 
 # Legacy V1 layer type enum names -> current type strings.
@@ -102,14 +102,7 @@ def parse_net_text(text: str, source: str | Path = "<text>") -> caffe_pb2.NetPar
     net = normalise_net(net, source)
     if not net.layer:
         raise CaffeFormatError("a net definition without layers (no 'layer' or 'layers' entries)", source)
-    dialect = detect_net(net, source)  # refuses a file that mixes the forks' meanings of one field number
-    if dialect.fork == MAINLINE:
-        for layer in net.layer:
-            if layer.type == "InfogainLoss":
-                raise CaffeFormatError(
-                    "mainline Caffe's InfogainLoss applies a softmax to its input first, caffe-segnet's takes "
-                    "probabilities: only the latter is converted (use Softmax + caffe-segnet's InfogainLoss, or "
-                    "compute the loss outside the net)", source, layer.name)  # fmt: skip
+    detect_net(net, source)  # refuses what no Caffe can hold, and what is converted for caffe-segnet only
     return net
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .dialect import detect_net
 from .graph import CaffeNet
 
 
@@ -37,7 +36,7 @@ def summary_dict(net: CaffeNet) -> dict[str, Any]:
     return {
         "name": net.net_param.name,
         "phase": net.phase,
-        "written_for": detect_net(net.net_param).fork,
+        "written_for": net.dialect.fork,
         "inputs": {k: list(v) if v else None for k, v in net.input_shapes.items()},
         "outputs": net.output_names,
         "layers": rows,
@@ -67,5 +66,5 @@ def format_table(net: CaffeNet) -> str:
         f"{len(net.steps)} layers, {total:,} parameters ({total * 4 / 2**20:.1f} MiB as float32), "
         f"phase {net.phase}, outputs: {', '.join(net.output_names) or '-'}"
     )
-    lines.append(f"written for: {detect_net(net.net_param).describe()}")
+    lines.append(f"written for: {net.dialect.describe()}")
     return "\n".join(lines)

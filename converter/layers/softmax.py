@@ -83,12 +83,9 @@ class SoftmaxWithLoss(CaffeLayer):
 
     def forward(self, logits, labels):
         try:
-            if self.normalization is not None:
-                loss, prob = softmax_with_loss(logits, labels, self.class_weighting, self.ignore_label,
-                                               self.normalization, self.axis)  # fmt: skip
-            else:
-                loss, prob = softmax_with_loss(logits, labels, self.class_weighting, self.ignore_label,
-                                               self.normalize, self.axis)  # fmt: skip
+            divisor = self.normalize if self.normalization is None else self.normalization  # flag, or mode by name
+            loss, prob = softmax_with_loss(logits, labels, self.class_weighting, self.ignore_label, divisor,
+                                           self.axis)  # fmt: skip
         except ValueError as exc:
             raise self.fail(str(exc)) from None
         return (loss, prob)[: self.num_tops]
