@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 
-import converter
+from converter.dialect import MAINLINE, detect_net
 from converter.graph import CaffeNet
 from converter.prototxt import read_net
 from converter.weights import read_weights
@@ -65,11 +65,7 @@ def test_case_is_consistent_with_mainline_caffe(case, tmp_path):
 
 
 def test_the_files_are_told_to_be_mainline_caffe():
-    for case in CASES:
-        summary = converter.convert(ORACLE / case["prototxt"], ORACLE / case["caffemodel"], phase=case["phase"])
-        assert summary is not None
-    from converter.dialect import MAINLINE, detect_net
-
+    # (that each one converts and runs is the comparison tests' business)
     assert {detect_net(read_net(ORACLE / c["prototxt"])).fork for c in CASES} == {MAINLINE}
 
 
