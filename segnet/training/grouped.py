@@ -341,10 +341,10 @@ class _Set:
     def folder(self, r: int) -> Path:
         return Path(self.cfgs[r].out)
 
-    def validate(self, iteration: int) -> set[int]:
-        """Each live run's validation; its best.pt when it improved. Returns the runs that improved."""
+    def validate(self, iteration: int, rows: list[nn.Module]) -> set[int]:
+        """Each live run's validation (``rows``: the set ungrouped); its best.pt when it improved. Returns the runs
+        that improved."""
         cfg, improved = self.run.cfg, set()
-        rows = ungroup(self.grouped, self.like)
         for r in self.alive:
             accuracy = validation_accuracy(rows[r], self.val_set, self.run.device, bf16=cfg.bf16,
                                            batch_size=4 if self.run.device.type == "cpu" else 16,
@@ -360,8 +360,7 @@ class _Set:
                          f"{best['accuracy']:.4f} at {best['iteration']})")  # fmt: skip
         return improved
 
-    def save_last(self, iteration: int, improved: set[int]) -> None:
-        rows = ungroup(self.grouped, self.like)
+    def save_last(self, iteration: int, improved: set[int], rows: list[nn.Module]) -> None:
         states = row_optimizer_states(self.optimizer, self.grouped.net, len(self.cfgs))
         for r in self.alive:
             last = self.folder(r) / "last.pt"
@@ -378,7 +377,7 @@ class _Set:
         diverged: dict[int, str] = {}
         improved: set[int] = set()
         if self.val_set is not None and self.start_iter == 0:
-            improved = self.validate(0)
+            improved = self.validate(0, ungroup(self.grouped, self.like))
         clock = _loop.TrainingClock(run.device)
         stopped = None
         for iteration in range(self.start_iter + 1, cfg.iterations + 1):
@@ -409,8 +408,9 @@ class _Set:
             due = self.val_set is not None and (iteration % cfg.val_every == 0 or last)
             if (due or last or stopped) and self.alive:
                 clock.pause()
-                improved = self.validate(iteration) if due else set()
-                self.save_last(iteration, improved)
+                rows = ungroup(self.grouped, self.like)  # once for both
+                improved = self.validate(iteration, rows) if due else set()
+                self.save_last(iteration, improved, rows)
                 clock.resume()
             if stopped or not self.alive:
                 for r in self.alive:
