@@ -19,17 +19,16 @@ of a direct convolution.
 
 The transforms run as strided additions on channels-last maps, a band of
 tile rows at a time, so that a band's transformed tiles are still in cache
-when the matrix products read them; the buffers are kept between calls (per
-thread), because fresh ones cost a page fault per 4 KiB on first touch.
+when the matrix products read them; the buffers are kept between calls
+(segnet/deploy/workspace.py).
 """
 
 from __future__ import annotations
 
-import math
-import threading
-
 import torch
 from torch import nn
+
+from segnet.deploy.workspace import WORKSPACE
 
 #: G, the kernel transform of F(2x2, 3x3): U = G g Gt.
 _G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
@@ -55,22 +54,6 @@ def _input_transform(d: list[torch.Tensor], out: list[torch.Tensor]) -> None:
     torch.sub(d[1], d[3], out=out[3])
 
 
-class _Workspace(threading.local):
-    """Buffers kept between calls, one set per thread, grown on demand."""
-
-    def __init__(self) -> None:
-        self.buffers: dict[str, torch.Tensor] = {}
-
-    def get(self, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-        size = math.prod(shape)
-        buf = self.buffers.get(name)
-        stale = buf is not None and buf.is_inference() and not torch.is_inference_mode_enabled()  # read-only here
-        if buf is None or stale or buf.numel() < size or buf.dtype != like.dtype or buf.device != like.device:
-            buf = self.buffers[name] = torch.empty(size, dtype=like.dtype, device=like.device)
-        return buf[:size].view(shape)
-
-
-_WORKSPACE = _Workspace()
 
 
 #: Input channels per matrix product. A float32 dot product's rounding error grows with the length of its
@@ -97,7 +80,7 @@ def winograd_conv3x3(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor
     th, tw = (h + 1) // 2, (w + 1) // 2  # tiles: 2x2 outputs each
     band = max(1, min(th, BAND_FLOATS // (16 * n * tw * max(c, k))))
     # Zero-padded input, channels last; only the border is cleared (the rest is overwritten).
-    xp = _WORKSPACE.get("padded", (n, 2 * th + 2, 2 * tw + 2, c), x)
+    xp = WORKSPACE.get("padded", (n, 2 * th + 2, 2 * tw + 2, c), x)
     xp[:, 0].zero_()
     xp[:, h + 1 :].zero_()
     xp[:, :, 0].zero_()
@@ -115,7 +98,7 @@ def _tile_band(xp: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | No
     """One band: padded input rows [n, 2 * th + 2, 2 * tw + 2, c] -> output blocks y [n, th, 2, tw, 2, k]."""
     n, th, _, tw, _, k = y.shape
     c = xp.shape[-1]
-    ws = _WORKSPACE
+    ws = WORKSPACE
     # V = Bt d B, separably: along rows, then along columns.
     rows = ws.get("rows", (4, n, th, 2 * tw + 2, c), xp)
     _input_transform(_rows(xp, 1, th), list(rows))
