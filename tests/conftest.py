@@ -46,7 +46,7 @@ def prototxt_dir() -> Path:
 @pytest.fixture(autouse=True)
 def private_engine_cache(tmp_path, monkeypatch):
     """The inference engine's timings go to the test's own folder (``tmp_path / "cache"``), not the user's."""
-    from segnet.deploy.engine import CACHE_ENV
+    from segnet.deploy.conv_paths import CACHE_ENV
 
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
 

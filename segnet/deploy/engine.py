@@ -6,9 +6,12 @@ take (a converted Caffe net, a segnet checkpoint's model) and picks the path:
 - a converted net of the SegNet family runs as the readable model that
   computes the same (segnet.models.weights.readable_twin);
 - SegNet-family models run lean (segnet.deploy.inference): BN folded into
-  the convolutions and uint8 pooling indices; on a CPU, Winograd F(2x2, 3x3)
-  replaces the wide 3x3 convolutions where it is faster on this machine,
-  timed once per layer shape (:func:`winograd_choices`) rather than assumed;
+  the convolutions and uint8 pooling indices; on a CPU in float32, each
+  decoder convolution runs direct, by Winograd F(2x2, 3x3) (wide 3x3 layers)
+  or through the DFT (large kernels), whichever is fastest on this machine,
+  timed once per layer shape (segnet/deploy/conv_paths.py) rather than
+  assumed; the encoder stays direct, so that its poolings break exact ties
+  as Caffe does; 1x1 layers may run as plain matrix products;
 - on CUDA: channels-last, cuDNN autotuning, and the forward pass captured
   as a CUDA graph at the run's batch size and input size, then replayed;
 - ``precision="bf16"`` (CPU with native bf16, or CUDA) runs the decoder of
@@ -23,38 +26,27 @@ float batch (BGR, 0..255) to NxHxW uint8 class ids on the CPU.
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from converter import CaffeNet
-from converter.atomic import atomic_write
 from converter.errors import UserError
 
-from segnet.deploy.inference import WINOGRAD_MIN_CHANNELS, Autocast, optimize_for_inference
-from segnet.deploy.measure import cpu_has_bf16, cpu_name
-from segnet.deploy.winograd import WinogradConv2d, is_winograd_eligible, transform_weight, winograd_conv3x3
+from segnet.deploy import conv_paths
+from segnet.deploy.inference import Autocast, optimize_for_inference
+from segnet.deploy.measure import cpu_has_bf16
 from segnet.devices import pick_device
 from segnet.models.outputs import labels_from_output
 from segnet.models.caffe_graph import as_segmenter, declared_input_size, num_outputs
 from segnet.models.family import in_segnet_family
 from segnet.models.mc_dropout import dropout_layers, dropout_sampling
-from segnet.models.surgery import replace_module
 from segnet.models.weights import readable_twin
 
 Precision = Literal["fp32", "bf16", "fp16"]
 PRECISIONS = ("fp32", "bf16", "fp16")
-
-#: Winograd replaces a layer only when it is at least this much faster there (timing noise is a few percent).
-WINOGRAD_GAIN = 1.05
 
 
 @dataclass
@@ -99,11 +91,13 @@ def check_precision(precision: str, device: torch.device) -> None:
 
 def build_engine(model: nn.Module, device: str | torch.device = "auto", precision: str = "fp32",
                  input_size: tuple[int, int] | None = None, batch_size: int = 1,
-                 winograd: bool | None = None, num_classes: int | None = None) -> Engine:  # fmt: skip
+                 fast_conv: bool | None = None, num_classes: int | None = None) -> Engine:  # fmt: skip
     """The fastest faithful path for ``model`` on ``device`` (see the module docstring).
 
-    ``winograd``: None measures per layer shape on a CPU; True or False
-    forces the choice. ``batch_size`` and ``input_size`` fix the CUDA graph.
+    ``fast_conv`` (float32 on a CPU): None runs each convolution by the
+    fastest of direct, Winograd and DFT, timed per layer shape on this
+    machine (segnet/deploy/conv_paths.py); True forces Winograd on the wide
+    3x3 layers, untimed; False runs every convolution direct. ``batch_size`` and ``input_size`` fix the CUDA graph.
     ``num_classes`` (the label space's outputs) is needed for a model that
     does not say how many scores it gives.
     """
@@ -126,8 +120,9 @@ def build_engine(model: nn.Module, device: str | torch.device = "auto", precisio
     else:
         reference = _lean(fast, device, "fp32", path=[]) if precision != "fp32" else None
         fast = _lean(fast, device, precision, path)
-        if device.type == "cpu" and precision == "fp32" and winograd is not False and size is not None:
-            _use_winograd(fast, (batch_size, channels, *size), winograd, path)
+        if device.type == "cpu" and precision == "fp32" and fast_conv is not False and size is not None:
+            decoder = fast.decoder_layers() if in_segnet_family(fast) else None  # see conv_paths: free_rounding
+            path += conv_paths.apply(fast, (batch_size, channels, *size), fast_conv, decoder)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # one input size: cuDNN's fastest algorithms are worth measuring
         if size is not None:
@@ -182,101 +177,6 @@ class _TestModeDropout(nn.Module):
 
 def _in_channels(model: nn.Module) -> int:
     return int(getattr(as_segmenter(model), "in_channels", 3))
-
-
-# ---------------------------------------------------------------- Winograd, where it pays on this machine
-
-#: Where the Winograd timings are kept between runs (one JSON file; ``SEGNET_CACHE`` moves it).
-CACHE_ENV = "SEGNET_CACHE"
-
-
-def _cache_file() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "segnet") / "winograd.json"
-
-
-def _machine() -> str:
-    """This CPU and torch build: timings from another machine do not carry over."""
-    return f"{cpu_name()}|torch {torch.__version__}|{torch.get_num_threads()} threads"
-
-
-def _load_choices() -> dict[str, bool]:
-    with contextlib.suppress(OSError, ValueError):
-        data = json.loads(_cache_file().read_text())
-        if isinstance(data, dict):
-            return {k: v for k, v in data.items() if isinstance(v, bool)}
-    return {}
-
-
-def _save_choices(choices: dict[str, bool]) -> None:
-    with contextlib.suppress(OSError):  # a read-only home only costs the timing next time
-        path = _cache_file()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda f: f.write(json.dumps(choices, indent=1, sort_keys=True).encode()))
-
-
-def winograd_choices(model: nn.Module, shape: tuple[int, ...], force: bool | None = None) -> dict[str, bool]:
-    """For each eligible 3x3 layer of ``model`` (a lean SegNet), whether Winograd beats the direct convolution
-    at the input ``shape`` (N, C, H, W): timed once per layer shape on this machine, then read from the cache."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    hooks = []
-    for name, module in model.named_modules():
-        if is_winograd_eligible(module) and min(module.in_channels, module.out_channels) >= WINOGRAD_MIN_CHANNELS:
-            hooks.append(module.register_forward_hook(_record_input_shape(shapes, name)))
-    try:
-        with torch.no_grad():
-            model(torch.zeros(shape))
-    finally:
-        for h in hooks:
-            h.remove()
-    modules = dict(model.named_modules())
-    known, machine, choices = _load_choices(), _machine(), {}
-    for name, (n, c, h, w) in shapes.items():
-        k = modules[name].out_channels
-        key = f"{machine}|{c}x{k} at {n}x{h}x{w}"
-        if force is None and key not in known:
-            known[key] = _winograd_is_faster(n, c, k, h, w)
-            _save_choices(known)
-        choices[name] = known[key] if force is None else force
-    return choices
-
-
-def _record_input_shape(shapes: dict[str, tuple[int, ...]], name: str) -> Callable:
-    def record(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:  # None: the output stays
-        shapes.setdefault(name, tuple(inputs[0].shape))
-
-    return record
-
-
-def _winograd_is_faster(n: int, c: int, k: int, h: int, w: int, repeats: int = 2) -> bool:
-    generator = torch.Generator().manual_seed(0)
-    x = torch.rand(n, c, h, w, generator=generator).contiguous(memory_format=torch.channels_last)
-    weight = torch.randn(k, c, 3, 3, generator=generator)
-    transformed, bias = transform_weight(weight), torch.zeros(k)
-    direct = _best_time(lambda: F.conv2d(x, weight, bias, padding=1), repeats)
-    fast = _best_time(lambda: winograd_conv3x3(x, transformed, bias), repeats)
-    return direct > WINOGRAD_GAIN * fast
-
-
-def _best_time(run: Callable[[], object], repeats: int) -> float:
-    with torch.no_grad():
-        run()  # warm-up: buffers, packed weights
-        best = float("inf")
-        for _ in range(repeats):
-            start = time.perf_counter()
-            run()
-            best = min(best, time.perf_counter() - start)
-    return best
-
-
-def _use_winograd(model: nn.Module, shape: tuple[int, ...], force: bool | None, path: list[str]) -> None:
-    choices = winograd_choices(model, shape, force)
-    modules = dict(model.named_modules())
-    chosen = [name for name, faster in choices.items() if faster]
-    for name in chosen:
-        replace_module(model, name, WinogradConv2d(modules[name]))
-    if choices:
-        how = "forced" if force is not None else "measured faster here"
-        path.append(f"Winograd F(2x2, 3x3) on {len(chosen)} of {len(choices)} wide 3x3 layers ({how})")
 
 
 # ---------------------------------------------------------------- CUDA graphs

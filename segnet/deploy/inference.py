@@ -38,11 +38,9 @@ from converter.functional import max_pool2d, pool_output_size
 from segnet.models.family import SegNet, in_segnet_family
 from segnet.models.layers import MaxPoolIndices, Unpool
 from segnet.models.surgery import fold_bn
+from segnet.deploy.conv_paths import WINOGRAD_MIN_CHANNELS
 from segnet.deploy.winograd import WinogradConv2d, is_winograd_eligible
 from segnet.models.surgery import replace_module
-
-#: Narrowest convolution (input and output channels) run by Winograd's F(2x2, 3x3) with ``winograd=True``.
-WINOGRAD_MIN_CHANNELS = 128
 
 
 class CompactMaxPool(nn.Module):

@@ -175,6 +175,11 @@ class SegNet(nn.Module):
             for j in range(len(widths)):
                 yield self.decoder_name(len(self.arch.decoder) - depth, j), self.arch.decoder_relu
 
+    def decoder_layers(self) -> list[str]:
+        """The convolutions after the last pooling (decoder and classifier): their outputs decide no pooling."""
+        encoder = sum(len(widths) for widths in self.arch.encoder)
+        return [name for name, _ in self.conv_units()][encoder:] + [self.classifier_name]
+
     # -- running ----------------------------------------------------------------
 
     def _unit(self, name: str, x: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,7 @@ pytest.importorskip("fastapi", reason="segnet-serve needs the serve extra: pip i
 pytest.importorskip("uvicorn", reason="segnet-serve needs the serve extra: pip install -e '.[serve]'")
 
 from segnet.data.labels import get_label_space
-from segnet.deploy import engine as engines
+from segnet.deploy import conv_paths
 
 from conftest import ROOT
 
@@ -62,7 +62,7 @@ class Server:
 @contextmanager
 def serving(*args: str, cache: Path) -> Iterator[Server]:
     """``python -m segnet.serve --port 0 ARGS`` until the block ends; the port is read from what it prints."""
-    env = {**os.environ, engines.CACHE_ENV: str(cache), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, conv_paths.CACHE_ENV: str(cache), "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "segnet.serve", "--host", HOST, "--port", "0", *args]
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: queue.Queue[str] = queue.Queue()

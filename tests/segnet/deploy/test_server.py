@@ -22,7 +22,7 @@ import converter
 from converter import budget
 from segnet import predict
 from segnet.data.labels import get_label_space
-from segnet.deploy import engine as engines
+from segnet.deploy import conv_paths
 from segnet.deploy.batcher import Batcher, QueueFull
 from segnet.deploy.engine import build_engine
 from segnet.deploy.server import create_app
@@ -45,7 +45,7 @@ def _test_client(app):
 def cache(tmp_path_factory):
     """A private Winograd timing cache, shared by the server's engine and segnet.predict's."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(engines.CACHE_ENV, str(tmp_path_factory.mktemp("cache")))
+        patch.setenv(conv_paths.CACHE_ENV, str(tmp_path_factory.mktemp("cache")))
         yield
 
 

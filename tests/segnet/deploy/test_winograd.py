@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segnet.deploy.inference import WINOGRAD_MIN_CHANNELS, optimize_for_inference
+from segnet.deploy.conv_paths import WINOGRAD_MIN_CHANNELS
+from segnet.deploy.inference import optimize_for_inference
 from segnet.models.family import segnet, segnet_basic
 from segnet.deploy.winograd import WinogradConv2d, transform_weight, winograd_conv3x3
 
