@@ -143,7 +143,7 @@ def run_row(kind: str, name: str, weights_dir: str, repeats: int, out_path: str)
             times.append(time.perf_counter() - start)
     np.save(out_path, np.asarray(y, dtype=np.float32))
     return {"median_s": statistics.median(times), "times_s": times, "peak_rss_mb": peak_rss_mb(),
-            "loaded_rss_mb": loaded, "first_call_s": first_call}
+            "loaded_rss_mb": loaded, "first_call_s": first_call, "path": getattr(runner, "path", None)}
 
 
 def _make_runner(kind: str, name: str, weights_dir: str):
@@ -167,6 +167,16 @@ def _make_runner(kind: str, name: str, weights_dir: str):
     if kind == "winograd":
         fast = optimize_for_inference(model, winograd=True, inplace=True)
         return lambda x: fast(x)
+    if kind == "engine":
+        from segnet.deploy.engine import build_engine
+
+        engine = build_engine(model, "cpu", input_size=tuple(_input().shape[-2:]))  # times its layers (cached)
+
+        def run(x):
+            return engine.forward(x)
+
+        run.path = engine.describe()
+        return run
     if kind == "optimized-bf16":
         fast = optimize_for_inference(model, channels_last=True, bf16=True, inplace=True)
         return lambda x: fast(x)
@@ -248,7 +258,7 @@ def measure_rows(rows: list[tuple[str, str]], name: str, folder: Path, repeats: 
         merged[kind] = {"median_s": statistics.median(times), "times_s": times, "rounds": len(results),
                         "peak_rss_mb": max(r["peak_rss_mb"] for r in results),
                         "loaded_rss_mb": max(r["loaded_rss_mb"] for r in results),
-                        "first_call_s": results[0]["first_call_s"]}  # fmt: skip
+                        "first_call_s": results[0]["first_call_s"], "path": results[0].get("path")}  # fmt: skip
     return merged
 
 
@@ -353,6 +363,7 @@ ROWS = [
     ("readable", "readable model, fp32"),
     ("optimized", "folded BN + uint8 indices, fp32"),
     ("winograd", "same + Winograd F(2x2,3x3) where >=128 ch, fp32"),
+    ("engine", "inference engine's fp32 default (paths timed)"),
     ("optimized-bf16", "same + channels-last, bf16 autocast"),
     ("optimized-bf16-decoder", "same, bf16 in the decoder only"),
     ("compiled", "torch.compile (inductor, frozen weights), fp32"),
@@ -424,6 +435,8 @@ def main() -> None:
                 print(f"{label:<50} {res['median_s']:>8.3f}s {res['speedup']:>8.2f}x {res['gflops']:>8.0f} "
                       f"{res['peak_rss_mb']:>7.0f}MB {res['loaded_rss_mb']:>5.0f}MB {res['argmax_agreement']:>9.5f} "
                       f"{res['max_abs_diff']:>10.2e}")  # fmt: skip
+            if "engine" in model_rows:
+                print(f"  engine: {model_rows['engine']['path']}")
             if "compiled" in model_rows:
                 print(f"  compiled: first call (compilation) {model_rows['compiled']['first_call_s']:.0f} s")
             if args.caffe_python:
@@ -438,6 +451,8 @@ def main() -> None:
             if "onnxruntime" in model_rows:
                 for res in model_rows.values():
                     res["ratio_vs_onnxruntime"] = model_rows["onnxruntime"]["median_s"] / res["median_s"]
+                print("  speed against onnxruntime (same run): " + ", ".join(
+                    f"{kind} {res['ratio_vs_onnxruntime']:.2f}x" for kind, res in model_rows.items()))  # fmt: skip
             if not args.no_train:
                 for kind, label in train_rows:
                     model_rows[kind] = in_fresh_process(kind, name, str(folder), max(2, args.repeats // 2), "")
@@ -483,7 +498,7 @@ def print_caffe_comparison(name: str, rows: dict, recorded: dict | None) -> None
     """Ratios against caffe-segnet when it ran in this run; otherwise its recorded figures and no ratio."""
     if "caffe-segnet" in rows:
         caffe = rows["caffe-segnet"]["median_s"]
-        for kind in ("caffe-graph", "optimized", "winograd", "optimized-bf16", "optimized-bf16-decoder", "onnxruntime"):
+        for kind in ("caffe-graph", "optimized", "winograd", "engine", "optimized-bf16", "optimized-bf16-decoder", "onnxruntime"):
             if kind in rows:
                 print(f"  {kind}: {caffe / rows[kind]['median_s']:.2f}x caffe-segnet's speed (same run)")
         if "caffe-segnet-train" in rows:
