@@ -60,3 +60,25 @@ def relative_l2(ours: np.ndarray, ref: np.ndarray) -> float:
 
 def is_index_blob(name: str) -> bool:
     return name.endswith("_mask")
+
+
+def results_in_threads(work, count: int) -> list:
+    """``work(i)`` for i < ``count``, each in its own thread, all at once; their results in order (errors raised)."""
+    import threading
+
+    results, errors = [None] * count, []
+
+    def run(i):
+        try:
+            results[i] = work(i)
+        except Exception as exc:  # raised below, in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return results

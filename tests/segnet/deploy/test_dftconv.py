@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,6 +9,7 @@ from torch import nn
 
 from segnet.deploy.dftconv import DFTConv2d, dft_conv2d, transform_weight
 from segnet.deploy.winograd import WinogradConv2d
+from support import results_in_threads
 
 #: The accuracy gate, as for Winograd (test_winograd.ERROR_GATE): the DFT path's float32 error against float64 is
 #: at most this many times the direct float32 convolution's, max and RMS. Its error comes from the transforms'
@@ -97,26 +96,14 @@ def test_bands_of_tile_rows_give_the_same_result(monkeypatch):
 
 def test_threads_keep_their_own_buffers():
     cases = [_case(1, 8, 8, 20 + 7 * i, 30, 7, seed=i) for i in range(4)]
-    expected = [F.conv2d(x, w, b, padding=3) for x, w, b in cases]
-    results, errors = [None] * len(cases), []
 
     def work(i):
-        try:
-            x, w, b = cases[i]
-            wf = transform_weight(w, 16)
-            for _ in range(10):
-                results[i] = dft_conv2d(x, wf, b, 7, 16)
-        except Exception as exc:  # surfaced below
-            errors.append(exc)
+        x, w, b = cases[i]
+        wf = transform_weight(w, 16)
+        return [dft_conv2d(x, wf, b, 7, 16) for _ in range(10)][-1]
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(cases))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
-    for y, e in zip(results, expected):
-        torch.testing.assert_close(y, e, rtol=1e-5, atol=1e-5)
+    for y, (x, w, b) in zip(results_in_threads(work, len(cases)), cases):
+        torch.testing.assert_close(y, F.conv2d(x, w, b, padding=3), rtol=1e-5, atol=1e-5)
 
 
 def test_the_module_refuses_other_convolutions_and_training():

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,6 +11,7 @@ from segnet.deploy.conv_paths import WINOGRAD_MIN_CHANNELS
 from segnet.deploy.inference import optimize_for_inference
 from segnet.models.family import segnet, segnet_basic
 from segnet.deploy.winograd import WinogradConv2d, transform_weight, winograd_conv3x3
+from support import results_in_threads
 
 
 def _case(n, c, k, h, w, seed=0):
@@ -84,26 +83,14 @@ def test_any_input_layout_and_a_channels_last_result():
 
 def test_threads_keep_their_own_buffers():
     cases = [_case(1, 8, 8, 20 + 7 * i, 30, seed=i) for i in range(4)]
-    expected = [F.conv2d(x, w, b, padding=1) for x, w, b in cases]
-    results, errors = [None] * len(cases), []
 
     def work(i):
-        try:
-            x, w, b = cases[i]
-            wt = transform_weight(w)
-            for _ in range(20):
-                results[i] = winograd_conv3x3(x, wt, b)
-        except Exception as exc:  # surfaced below
-            errors.append(exc)
+        x, w, b = cases[i]
+        wt = transform_weight(w)
+        return [winograd_conv3x3(x, wt, b) for _ in range(20)][-1]
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(cases))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
-    for y, e in zip(results, expected):
-        torch.testing.assert_close(y, e, rtol=1e-5, atol=1e-5)
+    for y, (x, w, b) in zip(results_in_threads(work, len(cases)), cases):
+        torch.testing.assert_close(y, F.conv2d(x, w, b, padding=1), rtol=1e-5, atol=1e-5)
 
 
 def test_the_module_refuses_other_convolutions_and_training():
