@@ -44,7 +44,7 @@ from segnet.deploy.dftconv import DFT_MIN_KERNEL, TILES, DFTConv2d, is_dft_eligi
 from segnet.deploy.measure import cpu_name
 from segnet.deploy.pointwise import PointwiseConv2d, is_pointwise
 from segnet.deploy.winograd import WinogradConv2d, is_winograd_eligible
-from segnet.deploy.workspace import WORKSPACE
+from segnet.deploy.workspace import WORKSPACE, is_channels_last
 from segnet.models.surgery import replace_module
 
 #: Narrowest 3x3 convolution (input and output channels) offered to Winograd: on 64 channels its transformed
@@ -133,17 +133,19 @@ def apply(model: nn.Module, shape: tuple[int, ...], force: bool | None = None,
         if path != DIRECT:
             replace_module(model, name, fast_module(modules[name], path))
     how = "forced" if force is not None else "measured faster here"
-    words, where = [], "decoder" if free_rounding is not None else "eligible"
-    winograd = [name for name in chosen if "winograd" in offered(modules[name], name, free_rounding)]
+    where = "decoder" if free_rounding is not None else "eligible"
+    paths = {name: offered(modules[name], name, free_rounding) for name in chosen}
+    words = []
+    winograd = [name for name in chosen if "winograd" in paths[name]]
     if winograd:
         used = sum(chosen[name] == "winograd" for name in winograd)
         words.append(f"Winograd F(2x2, 3x3) on {used} of {len(winograd)} wide 3x3 {where} layers ({how})")
-    large = [name for name in chosen if any(p.startswith("dft") for p in offered(modules[name], name, free_rounding))]
+    large = [name for name in chosen if any(p.startswith("dft") for p in paths[name])]
     if large:
         used = [chosen[name] for name in large if chosen[name].startswith("dft")]
         tiles = ", ".join(sorted({f"{p[3:]}x{p[3:]}" for p in used})) or "none"
         words.append(f"DFT on {len(used)} of {len(large)} large-kernel {where} layers (tiles {tiles}; {how})")
-    pointwise = [name for name in chosen if "matmul" in offered(modules[name], name, free_rounding)]
+    pointwise = [name for name in chosen if "matmul" in paths[name]]
     if pointwise:
         used = sum(chosen[name] == "matmul" for name in pointwise)
         words.append(f"matrix products on {used} of {len(pointwise)} 1x1 layers ({how})")
@@ -167,9 +169,7 @@ def _input_shapes(model: nn.Module, shape: tuple[int, ...]) -> dict[str, tuple[t
 
 def _recorder(shapes: dict[str, tuple[tuple[int, ...], bool]], name: str) -> Callable:
     def record(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:  # None: the output stays
-        x = inputs[0]
-        channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-        shapes.setdefault(name, (tuple(x.shape), channels_last))
+        shapes.setdefault(name, (tuple(inputs[0].shape), is_channels_last(inputs[0])))
 
     return record
 

@@ -40,7 +40,7 @@ import math
 import torch
 from torch import nn
 
-from segnet.deploy.workspace import WORKSPACE
+from segnet.deploy.workspace import WORKSPACE, is_channels_last
 
 #: Tile sizes the engine may choose from (timed per layer shape on the machine).
 TILES = (16, 32)
@@ -54,8 +54,8 @@ BAND_FLOATS = 1 << 23
 
 
 @functools.cache
-def _transforms(tile: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The four transform matrices for ``tile`` points (float64, see the module docstring).
+def _transforms(tile: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The four transform matrices for ``tile`` points (computed in float64, rounded once to ``dtype``).
 
     forward_rows [(u, re|im), i]: real rows -> half spectrum; forward_cols [(v, re|im), (re|im, j)]: complex
     columns -> spectrum; inverse_cols [(re|im, j), (v, re|im)]; inverse_rows [i, (u, re|im)]: half spectrum
@@ -75,7 +75,7 @@ def _transforms(tile: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, to
     weight = torch.full((half,), 2.0, dtype=torch.float64)
     weight[0] = weight[-1] = 1.0  # the frequencies without a mirror image in the half spectrum
     inverse_rows = torch.stack([weight * rows_angle.T.cos(), -weight * rows_angle.T.sin()], 2).reshape(t, 2 * half)
-    return forward_rows, forward_cols, inverse_cols, inverse_rows / t**2
+    return tuple(m.to(dtype) for m in (forward_rows, forward_cols, inverse_cols, inverse_rows / t**2))
 
 
 def transform_weight(weight: torch.Tensor, tile: int) -> torch.Tensor:
@@ -102,7 +102,7 @@ def dft_conv2d(x: torch.Tensor, weight_f: torch.Tensor, bias: torch.Tensor | Non
     k_out = weight_f.shape[1] // 2
     pad, step = kernel // 2, tile - kernel + 1
     rows, cols = -(-h // step), -(-w // step)  # tiles down and across
-    matrices = [m.to(x.dtype) for m in _transforms(tile)]
+    matrices = _transforms(tile, x.dtype)
     # Zero-padded input; only the border is cleared (the rest is overwritten).
     xp = WORKSPACE.get("dft padded", (n, c, rows * step + kernel - 1, cols * step + kernel - 1), x)
     xp[:, :, :pad].zero_()
@@ -110,7 +110,7 @@ def dft_conv2d(x: torch.Tensor, weight_f: torch.Tensor, bias: torch.Tensor | Non
     xp[:, :, :, :pad].zero_()
     xp[:, :, :, pad + w :].zero_()
     xp[:, :, pad : pad + h, pad : pad + w].copy_(x)
-    channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    channels_last = is_channels_last(x)
     if channels_last:
         y = x.new_empty(n, rows * step, cols * step, k_out).permute(0, 3, 1, 2)
     else:
@@ -126,7 +126,7 @@ def dft_conv2d(x: torch.Tensor, weight_f: torch.Tensor, bias: torch.Tensor | Non
 
 
 def _tile_band(xp: torch.Tensor, weight_f: torch.Tensor, bias: torch.Tensor | None, kernel: int, tile: int,
-               matrices: list[torch.Tensor], y: torch.Tensor) -> None:  # fmt: skip
+               matrices: tuple[torch.Tensor, ...], y: torch.Tensor) -> None:  # fmt: skip
     """One band: padded input rows [n, c, rows S + k - 1, cols S + k - 1] -> outputs y [n, K, rows S, cols S]."""
     forward_rows, forward_cols, inverse_cols, inverse_rows = matrices
     n, c = xp.shape[:2]

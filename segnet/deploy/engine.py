@@ -97,7 +97,7 @@ def build_engine(model: nn.Module, device: str | torch.device = "auto", precisio
     ``fast_conv`` (float32 on a CPU): None runs each convolution by the
     fastest of direct, Winograd and DFT, timed per layer shape on this
     machine (segnet/deploy/conv_paths.py); True forces Winograd on the wide
-    3x3 layers, untimed; False runs every convolution direct. ``batch_size`` and ``input_size`` fix the CUDA graph.
+    3x3 decoder layers, untimed; False runs every convolution direct. ``batch_size`` and ``input_size`` fix the CUDA graph.
     ``num_classes`` (the label space's outputs) is needed for a model that
     does not say how many scores it gives.
     """

@@ -38,8 +38,8 @@ from converter.functional import max_pool2d, pool_output_size
 from segnet.models.family import SegNet, in_segnet_family
 from segnet.models.layers import MaxPoolIndices, Unpool
 from segnet.models.surgery import fold_bn
-from segnet.deploy.conv_paths import WINOGRAD_MIN_CHANNELS
-from segnet.deploy.winograd import WinogradConv2d, is_winograd_eligible
+from segnet.deploy import conv_paths
+from segnet.deploy.workspace import is_channels_last
 from segnet.models.surgery import replace_module
 
 
@@ -72,7 +72,7 @@ class CompactUnpool(nn.Module):
         else:
             # Every window position is written once (no zero fill, no temporary map), in the input's
             # memory format: channels last, each position is a run of c values.
-            if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            if is_channels_last(x):
                 out = x.new_empty(n, oh, 2, ow, 2, c).permute(0, 5, 1, 2, 3, 4)
             else:
                 out = x.new_empty(n, c, oh, 2, ow, 2)
@@ -113,7 +113,7 @@ def optimize_for_inference(
     only the decoder (SegNet family): the encoder stays in float32 so that
     its max-pooling decisions, which the decoder's unpooling depends on, are
     the float32 ones. ``winograd``: float32 3x3 convolutions of at least
-    ``WINOGRAD_MIN_CHANNELS`` input and output channels by F(2x2, 3x3) (not
+    ``conv_paths.WINOGRAD_MIN_CHANNELS`` input and output channels by F(2x2, 3x3) (not
     with ``bf16``). Works on a copy unless ``inplace`` (which saves holding
     the weights twice).
     """
@@ -130,8 +130,8 @@ def optimize_for_inference(
                 replace_module(model, name, CompactUnpool())
     if winograd:
         for name, module in list(model.named_modules()):
-            if is_winograd_eligible(module) and min(module.in_channels, module.out_channels) >= WINOGRAD_MIN_CHANNELS:
-                replace_module(model, name, WinogradConv2d(module))
+            if "winograd" in conv_paths.candidates(module):
+                replace_module(model, name, conv_paths.fast_module(module, "winograd"))
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     for p in model.parameters():
@@ -139,10 +139,10 @@ def optimize_for_inference(
     if bf16 == "decoder":
         if not in_segnet_family(model):
             raise ValueError("bf16='decoder' needs a SegNet-family model")
-        decoder = [name for name, _ in model.conv_units()][sum(len(w) for w in model.arch.encoder) :]
+        *decoder, classifier = model.decoder_layers()
         for name in decoder:
             setattr(model, name, Autocast(getattr(model, name), to_float=False))
-        setattr(model, model.classifier_name, Autocast(getattr(model, model.classifier_name)))
+        setattr(model, classifier, Autocast(getattr(model, classifier)))
         return model
     return Autocast(model) if bf16 else model
 

@@ -1,4 +1,4 @@
-"""Scratch buffers kept between calls, one set per thread.
+"""Scratch buffers kept between calls, one set per thread, and the memory layout of a map.
 
 The fast convolutions (winograd.py, dftconv.py) need large temporaries on
 every call. Fresh ones cost a page fault per 4 KiB on first touch, which
@@ -32,3 +32,8 @@ class Workspace(threading.local):
 
 #: The buffers of this process's fast convolutions.
 WORKSPACE = Workspace()
+
+
+def is_channels_last(x: torch.Tensor) -> bool:
+    """Whether the NCHW map ``x`` is laid out channels last (and not also contiguous, as 1x1 or 1-channel maps are)."""
+    return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
