@@ -40,7 +40,7 @@ import math
 import torch
 from torch import nn
 
-from segnet.deploy.workspace import WORKSPACE, is_channels_last
+from segnet.deploy.workspace import WORKSPACE, is_channels_last, refuse_training
 
 #: Tile sizes the engine may choose from (timed per layer shape on the machine).
 TILES = (16, 32)
@@ -180,8 +180,7 @@ class DFTConv2d(nn.Module):
         self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.requires_grad and torch.is_grad_enabled():
-            raise RuntimeError("DFTConv2d is for inference only: run it under torch.no_grad() or inference_mode()")
+        refuse_training(self, x)
         return dft_conv2d(x, self.weight_f, self.bias, self.kernel, self.tile)
 
     def extra_repr(self) -> str:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from segnet.deploy.workspace import refuse_training
+
 
 class PointwiseConv2d(nn.Module):
     """A 1x1, stride-1, unpadded ``nn.Conv2d`` as ``[K, C] x [C, H W]`` per image (inference only)."""
@@ -25,8 +27,7 @@ class PointwiseConv2d(nn.Module):
         self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.requires_grad and torch.is_grad_enabled():
-            raise RuntimeError("PointwiseConv2d is for inference only: run it under no_grad() or inference_mode()")
+        refuse_training(self, x)
         n, c, h, w = x.shape
         flat = x.reshape(n, c, h * w)  # a view for NCHW maps, a copy for others
         y = x.new_empty(n, self.out_channels, h * w)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from segnet.deploy.workspace import WORKSPACE
+from segnet.deploy.workspace import WORKSPACE, refuse_training
 
 #: G, the kernel transform of F(2x2, 3x3): U = G g Gt.
 _G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
@@ -136,8 +136,7 @@ class WinogradConv2d(nn.Module):
         self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.requires_grad and torch.is_grad_enabled():
-            raise RuntimeError("WinogradConv2d is for inference only: run it under torch.no_grad() or inference_mode()")
+        refuse_training(self, x)
         return winograd_conv3x3(x, self.weight_t, self.bias)
 
     def extra_repr(self) -> str:

@@ -1,4 +1,4 @@
-"""Scratch buffers kept between calls, one set per thread, and the memory layout of a map.
+"""Scratch buffers kept between calls, one set per thread, and the checks the fast convolutions share.
 
 The fast convolutions (winograd.py, dftconv.py) need large temporaries on
 every call. Fresh ones cost a page fault per 4 KiB on first touch, which
@@ -32,6 +32,13 @@ class Workspace(threading.local):
 
 #: The buffers of this process's fast convolutions.
 WORKSPACE = Workspace()
+
+
+def refuse_training(module: torch.nn.Module, x: torch.Tensor) -> None:
+    """The fast paths compute forward only: a call that would need their gradient is refused."""
+    if x.requires_grad and torch.is_grad_enabled():
+        raise RuntimeError(f"{type(module).__name__} is for inference only: run it under torch.no_grad() or "
+                           "inference_mode()")  # fmt: skip
 
 
 def is_channels_last(x: torch.Tensor) -> bool:
